@@ -1,0 +1,39 @@
+# Hookline — the two commands a newcomer needs are `make demo` and `make test`.
+# Everything downloaded or built (Go binaries, Kafka, cargo target dir) is cached under
+# $(HOOKLINE_CACHE), outside the checkout, so later runs are fast.
+
+SHELL := /bin/bash
+HOOKLINE_CACHE ?= $(HOME)/.cache/hookline
+export HOOKLINE_CACHE
+export CARGO_TARGET_DIR ?= $(HOOKLINE_CACHE)/target
+CARGO ?= cargo
+
+.PHONY: help tools build crds env-up env-down env-status test demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+tools: ## build/download etcd, kube-apiserver, kube-controller-manager, kubectl and Kafka into the cache
+	localenv/tools.sh
+
+build: ## build every Hookline binary (debug)
+	$(CARGO) build --workspace --bins
+
+crds: ## regenerate the CRD YAML from the Rust types
+	$(CARGO) run -q -p hookline-crds --bin crdgen -- --out-dir crds/manifests
+
+env-up: tools ## start etcd, kube-apiserver, kube-controller-manager, Kafka and the pod runner on loopback
+	localenv/up.sh
+
+env-down: ## stop the local environment (by recorded pids)
+	localenv/down.sh
+
+env-status: ## show what is running
+	localenv/status.sh
+
+test: ## everything: tools, fmt, clippy, unit tests, environment, integration tests; stops the environment after
+	localenv/test.sh
+
+clean: ## remove the run directory (not the caches)
+	localenv/down.sh || true
+	rm -rf $(HOOKLINE_CACHE)/run

@@ -1,0 +1,118 @@
+//! Platform settings of the controller: what the platform team decides once for every tenant
+//! (operator namespace, Kafka, address rules, dispatcher defaults). They arrive as flags or
+//! environment variables (the Helm chart sets them) and flow into validation and into every
+//! dispatcher Deployment the controller builds.
+
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+/// `hookline-controller` flags; each also reads an environment variable.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "hookline-controller",
+    version,
+    about = "Reconciles Hookline Webhooks"
+)]
+pub struct Settings {
+    /// Namespace where the controller and every tenant's dispatcher run.
+    #[arg(
+        long,
+        env = "HOOKLINE_OPERATOR_NAMESPACE",
+        default_value = "hookline-system"
+    )]
+    pub operator_namespace: String,
+
+    /// Kafka bootstrap servers (host:port, comma-separated).
+    #[arg(long, env = "HOOKLINE_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: String,
+
+    /// Optional Secret in the operator namespace whose keys are passed to the dispatchers as
+    /// environment variables (`HOOKLINE_KAFKA_*`: TLS and SASL settings).
+    #[arg(long, env = "HOOKLINE_KAFKA_SECRET")]
+    pub kafka_secret: Option<String>,
+
+    /// Image of the dispatcher.
+    #[arg(long, env = "HOOKLINE_DISPATCHER_IMAGE", default_value = concat!("ghcr.io/hookline/hookline:", env!("CARGO_PKG_VERSION")))]
+    pub dispatcher_image: String,
+
+    /// Replicas of each tenant's dispatcher Deployment.
+    #[arg(long, env = "HOOKLINE_DISPATCHER_REPLICAS", default_value_t = 1)]
+    pub dispatcher_replicas: i32,
+
+    /// Accept `http://` Webhook URLs (off by default: https only).
+    #[arg(long, env = "HOOKLINE_ALLOW_HTTP", default_value_t = false)]
+    pub allow_http: bool,
+
+    /// CIDRs that Webhooks may target although they are not public (loopback, private, …).
+    /// Comma-separated; empty by default.
+    #[arg(
+        long = "allow-cidr",
+        env = "HOOKLINE_ALLOW_CIDRS",
+        value_delimiter = ','
+    )]
+    pub allow_cidrs: Vec<IpNet>,
+
+    /// Partitions of each new tenant topic.
+    #[arg(long, env = "HOOKLINE_TOPIC_PARTITIONS", default_value_t = 6)]
+    pub topic_partitions: i32,
+
+    /// Replication factor of each new tenant topic.
+    #[arg(long, env = "HOOKLINE_TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+
+    /// How long the previous signing key stays valid after a rotation (e.g. `24h`).
+    #[arg(long, env = "HOOKLINE_ROTATION_OVERLAP", default_value = "24h", value_parser = parse_duration)]
+    pub rotation_overlap: Duration,
+
+    /// Address to serve /metrics, /healthz and /readyz on.
+    #[arg(long, env = "HOOKLINE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+
+    /// Take part in leader election (a Lease in the operator namespace) so that only one
+    /// replica reconciles.
+    #[arg(long, env = "HOOKLINE_LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+
+    /// This replica's identity in leader election (the Pod name).
+    #[arg(long, env = "POD_NAME", default_value = "hookline-controller")]
+    pub pod_name: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    hookline_crds::duration::parse(s).map_err(|e| e.to_string())
+}
+
+impl Settings {
+    /// Settings for unit tests.
+    pub fn for_tests() -> Settings {
+        Settings::parse_from(["hookline-controller", "--kafka-bootstrap", "127.0.0.1:9092"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_https_only_with_no_allow_list() {
+        let s = Settings::for_tests();
+        assert!(!s.allow_http);
+        assert!(s.allow_cidrs.is_empty());
+        assert_eq!(s.operator_namespace, "hookline-system");
+        assert_eq!(s.rotation_overlap, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn allow_list_is_comma_separated_cidrs() {
+        let s = Settings::parse_from([
+            "x",
+            "--kafka-bootstrap",
+            "k:1",
+            "--allow-cidr",
+            "127.0.0.0/8,::1/128",
+        ]);
+        assert_eq!(s.allow_cidrs.len(), 2);
+    }
+}

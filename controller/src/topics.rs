@@ -1,0 +1,138 @@
+//! Kafka topics of each tenant, made with the admin API: created when missing with the
+//! platform's partitions and replication, never shrunk, never deleted (a deleted `Webhook`
+//! leaves its tenant's data in place; see the README for retention and purging). Namespaces
+//! whose topics are known to exist are remembered, so a busy tenant costs one admin round trip
+//! per controller start, not one per reconcile.
+
+use std::{collections::HashSet, sync::Mutex, time::Duration};
+
+use hookline_crds::naming;
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    error::RDKafkaErrorCode,
+};
+
+use crate::error::{Error, Result};
+
+/// Creates and remembers tenant topics.
+pub struct TopicManager {
+    admin: AdminClient<DefaultClientContext>,
+    partitions: i32,
+    replication: i32,
+    ensured: Mutex<HashSet<String>>,
+}
+
+impl TopicManager {
+    /// A manager talking to `bootstrap`, with extra librdkafka settings (TLS/SASL) from
+    /// `HOOKLINE_KAFKA_*` environment variables (`HOOKLINE_KAFKA_SASL_MECHANISM` →
+    /// `sasl.mechanism`).
+    ///
+    /// # Errors
+    /// When the client cannot be created (bad settings).
+    pub fn new(bootstrap: &str, partitions: i32, replication: i32) -> Result<TopicManager> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap);
+        for (k, v) in kafka_env_settings(std::env::vars()) {
+            config.set(k, v);
+        }
+        let admin = config
+            .create()
+            .map_err(|e| Error::Kafka(format!("creating admin client: {e}")))?;
+        Ok(TopicManager {
+            admin,
+            partitions,
+            replication,
+            ensured: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Makes sure every topic of `tenant` exists.
+    ///
+    /// # Errors
+    /// When the broker refuses a creation for another reason than "already exists".
+    pub async fn ensure(&self, tenant: &str) -> Result<()> {
+        if self.ensured.lock().expect("topic cache").contains(tenant) {
+            return Ok(());
+        }
+        let topics = naming::topics(tenant);
+        let names = topics.all();
+        let new: Vec<NewTopic> = names
+            .iter()
+            .map(|n| {
+                let t = NewTopic::new(
+                    n,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication),
+                );
+                if *n == topics.dead_letter.as_str() || *n == topics.attempts.as_str() {
+                    t.set("retention.ms", "1209600000") // 14 days
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(15)))
+            .request_timeout(Some(Duration::from_secs(20)));
+        let results = self
+            .admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(|e| Error::Kafka(format!("creating topics of {tenant}: {e}")))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(Error::Kafka(format!("creating topic {topic}: {code}")));
+                }
+            }
+        }
+        self.ensured
+            .lock()
+            .expect("topic cache")
+            .insert(tenant.to_owned());
+        Ok(())
+    }
+
+    /// Forgets that `tenant`'s topics exist (after an error, so the next reconcile checks again).
+    pub fn forget(&self, tenant: &str) {
+        self.ensured.lock().expect("topic cache").remove(tenant);
+    }
+}
+
+/// librdkafka settings from `HOOKLINE_KAFKA_<NAME>` variables: `HOOKLINE_KAFKA_SECURITY_PROTOCOL`
+/// becomes `security.protocol`. `HOOKLINE_KAFKA_BOOTSTRAP` and `HOOKLINE_KAFKA_SECRET` are not settings.
+pub fn kafka_env_settings(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.filter_map(|(k, v)| {
+        let name = k.strip_prefix("HOOKLINE_KAFKA_")?;
+        (name != "BOOTSTRAP" && name != "SECRET")
+            .then(|| (name.to_ascii_lowercase().replace('_', "."), v))
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_settings_come_from_prefixed_environment_variables() {
+        let vars = [
+            ("HOOKLINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("HOOKLINE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("HOOKLINE_KAFKA_BOOTSTRAP", "k:9092"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let got = kafka_env_settings(vars.into_iter());
+        assert_eq!(
+            got,
+            vec![
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+                ("sasl.mechanism".to_owned(), "SCRAM-SHA-512".to_owned())
+            ]
+        );
+    }
+}

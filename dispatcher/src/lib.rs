@@ -1,0 +1,22 @@
+//! The pure core of `hookline-dispatcher`: plain types and functions, with no
+//! Kafka, HTTP or Kubernetes I/O, that the dispatcher's edges call.
+//!
+//! A record flows through them in this order: [`envelope`] turns a Kafka
+//! record into an [`envelope::Event`]; [`matching`] picks the `Webhook`s whose
+//! `eventTypes` it matches; per webhook, [`ordering`] decides whether it may
+//! go now or waits behind an earlier event of the same key, [`circuit`] and
+//! [`ratelimit`] decide whether the endpoint may be called now, [`ssrf`]
+//! vets the address it resolves to, and [`signing`] signs the attempt; the
+//! outcome goes through [`retry`] to become delivered, retried later,
+//! dead-lettered or gone; finally [`ordering::OffsetTracker`] says which
+//! Kafka offset may be committed. [`duration`] parses the CRD's durations.
+
+pub mod circuit;
+pub use hookline_crds::duration;
+pub mod envelope;
+pub mod matching;
+pub mod ordering;
+pub mod ratelimit;
+pub mod retry;
+pub mod signing;
+pub mod ssrf;

@@ -1,0 +1,2 @@
+//! Placeholder; see the dispatcher issue.
+fn main() {}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make test`: everything a change must pass, on a fresh machine or a warm one.
+#   1. tools (etcd, kube-apiserver, kube-controller-manager, kubectl, helm, Kafka) into the cache
+#   2. cargo fmt --check, clippy -D warnings, unit tests (no environment needed)
+#   3. the local environment (unless one is already up, which is then left running)
+#   4. integration and end-to-end tests against it
+#   5. the environment stopped again, also on failure
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HOOKLINE_CACHE="${HOOKLINE_CACHE:-$HOME/.cache/hookline}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOOKLINE_CACHE/target}"
+# Two cores: let cargo use both, and keep debug info small so links stay fast.
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
+export CARGO_PROFILE_TEST_DEBUG="${CARGO_PROFILE_TEST_DEBUG:-line-tables-only}"
+
+start=$(date +%s)
+step() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
+
+for tool in cargo go java mvn openssl python3; do
+  command -v "$tool" >/dev/null || { echo "make test: '$tool' is not on PATH; install it (see README, Requirements)" >&2; exit 1; }
+done
+
+step "tools (cold: ~20 min for the Go builds; warm: seconds)"
+localenv/tools.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build binaries and tests"
+cargo build --workspace --bins --locked
+cargo test --workspace --no-run --locked
+
+step "unit tests"
+cargo test --workspace --lib --bins --locked
+
+started_env=0
+if localenv/status.sh --quiet; then
+  step "local environment already up; using it and leaving it running"
+else
+  step "start the local environment"
+  started_env=1
+  trap 'step "stop the local environment"; localenv/down.sh' EXIT
+  localenv/up.sh
+fi
+
+step "integration and end-to-end tests"
+# The test binaries share one environment; each test makes its own namespace and topics.
+cargo test --workspace --locked --test '*' -- --test-threads="${HOOKLINE_TEST_THREADS:-4}"
+
+step "all passed in $(( $(date +%s) - start ))s"

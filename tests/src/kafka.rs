@@ -1,0 +1,146 @@
+//! Kafka helpers for tests: a topic of a test's own (created with the admin API, since the
+//! broker has automatic topic creation off), a producer that waits for `acks=all`, and a
+//! consumer that reads a topic from the beginning.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rdkafka::{
+    ClientConfig, Message,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{Consumer, StreamConsumer},
+    message::{Header, Headers, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+
+use crate::{Env, random_suffix};
+
+/// A record as read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Key bytes, if any.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes, if any.
+    pub value: Option<Vec<u8>>,
+    /// Headers in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Partition and offset.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+}
+
+fn base_config(env: &Env) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &env.kafka_bootstrap);
+    c
+}
+
+/// Creates `hl-test-<prefix>-<random>` with `partitions` partitions and returns its name.
+///
+/// # Errors
+/// When the broker refuses.
+pub async fn create_topic(env: &Env, prefix: &str, partitions: i32) -> anyhow::Result<String> {
+    let name = format!("hl-test-{prefix}-{}", random_suffix());
+    let admin: AdminClient<DefaultClientContext> = base_config(env).create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for r in results {
+        if let Err((topic, code)) = r {
+            bail!("creating topic {topic}: {code}");
+        }
+    }
+    Ok(name)
+}
+
+/// A producer with `acks=all` and idempotence on, as Hookline's users are told to configure.
+///
+/// # Errors
+/// When the client cannot be created.
+pub fn producer(env: &Env) -> anyhow::Result<FutureProducer> {
+    Ok(base_config(env)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .create()?)
+}
+
+/// Produces one record and waits for the broker's acknowledgement.
+///
+/// # Errors
+/// When delivery fails.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    value: &[u8],
+    headers: &[(&str, &[u8])],
+) -> anyhow::Result<(i32, i64)> {
+    let mut hs = OwnedHeaders::new();
+    for (k, v) in headers {
+        hs = hs.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut record = FutureRecord::to(topic).payload(value).headers(hs);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    let delivery = producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+    Ok((delivery.partition, delivery.offset))
+}
+
+/// Reads `count` records of `topic` from the beginning, in a fresh consumer group.
+///
+/// # Errors
+/// When fewer arrive within `deadline`.
+pub async fn consume(
+    env: &Env,
+    topic: &str,
+    count: usize,
+    deadline: Duration,
+) -> anyhow::Result<Vec<Record>> {
+    let consumer: StreamConsumer = base_config(env)
+        .set("group.id", format!("hl-test-{}", random_suffix()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut out = Vec::new();
+    let end = tokio::time::Instant::now() + deadline;
+    while out.len() < count {
+        let msg = tokio::time::timeout_at(end, consumer.recv())
+            .await
+            .with_context(|| {
+                format!(
+                    "only {} of {count} records from {topic} within {deadline:?}",
+                    out.len()
+                )
+            })??;
+        let headers = msg
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Record {
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().map(<[u8]>::to_vec),
+            headers,
+            partition: msg.partition(),
+            offset: msg.offset(),
+        });
+    }
+    Ok(out)
+}

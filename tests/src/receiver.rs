@@ -1,0 +1,309 @@
+//! A recording HTTP receiver for tests: a real hyper server on a loopback port whose answer is
+//! programmable per path (status code, delay, `Retry-After`, body size) and which records every
+//! request (method, path, headers, body, arrival time) for the test to inspect.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+
+/// How the receiver answers requests to one path.
+#[derive(Debug, Clone)]
+pub struct Behavior {
+    /// Status code to answer with.
+    pub status: u16,
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// `Retry-After` header value, if any.
+    pub retry_after: Option<String>,
+    /// Size of the response body in bytes.
+    pub body_size: usize,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Behavior {
+            status: 200,
+            delay: Duration::ZERO,
+            retry_after: None,
+            body_size: 0,
+        }
+    }
+}
+
+impl Behavior {
+    /// Answer with `status`, at once, empty body.
+    pub fn status(status: u16) -> Behavior {
+        Behavior {
+            status,
+            ..Behavior::default()
+        }
+    }
+}
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// HTTP method.
+    pub method: String,
+    /// Path (no query).
+    pub path: String,
+    /// Headers, names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Bytes,
+    /// Wall-clock arrival time.
+    pub at: SystemTime,
+}
+
+impl Recorded {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON.
+    ///
+    /// # Errors
+    /// When it is not JSON.
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    behaviors: HashMap<String, Behavior>,
+    requests: Vec<Recorded>,
+}
+
+/// The running receiver; stops when dropped.
+pub struct Receiver {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    arrived: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Starts on `127.0.0.1:<free port>`; every path answers 200 until programmed otherwise.
+    ///
+    /// # Errors
+    /// When no port can be bound.
+    pub async fn start() -> anyhow::Result<Receiver> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let arrived = Arc::new(Notify::new());
+        let (st, ar) = (state.clone(), arrived.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (st, ar) = (st.clone(), ar.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(req, st.clone(), ar.clone()));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Receiver {
+            addr,
+            state,
+            arrived,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sets how `path` answers from now on.
+    pub fn program(&self, path: &str, behavior: Behavior) {
+        self.state
+            .lock()
+            .expect("receiver state")
+            .behaviors
+            .insert(path.to_owned(), behavior);
+    }
+
+    /// Every request to `path` so far, in arrival order.
+    pub fn requests(&self, path: &str) -> Vec<Recorded> {
+        self.state
+            .lock()
+            .expect("receiver state")
+            .requests
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Every request so far.
+    pub fn all_requests(&self) -> Vec<Recorded> {
+        self.state.lock().expect("receiver state").requests.clone()
+    }
+
+    /// Waits until `path` has received at least `n` requests, and returns them.
+    ///
+    /// # Errors
+    /// When fewer than `n` arrived within `deadline`; says how many did.
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        n: usize,
+        deadline: Duration,
+    ) -> anyhow::Result<Vec<Recorded>> {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.arrived.notified();
+            let got = self.requests(path);
+            if got.len() >= n {
+                return Ok(got);
+            }
+            if tokio::time::timeout_at(end, notified).await.is_err() {
+                anyhow::bail!("{path}: {} of {n} requests within {deadline:?}", got.len());
+            }
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    arrived: Arc<Notify>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let at = SystemTime::now();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let behavior = {
+        let mut st = state.lock().expect("receiver state");
+        st.requests.push(Recorded {
+            method,
+            path: path.clone(),
+            headers,
+            body,
+            at,
+        });
+        st.behaviors.get(&path).cloned().unwrap_or_default()
+    };
+    arrived.notify_waiters();
+    if !behavior.delay.is_zero() {
+        tokio::time::sleep(behavior.delay).await;
+    }
+    let mut resp = Response::builder().status(behavior.status);
+    if let Some(ra) = &behavior.retry_after {
+        resp = resp.header("retry-after", ra);
+    }
+    let body = Full::new(Bytes::from(vec![b'x'; behavior.body_size]));
+    Ok(resp
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn raw_post(addr: SocketAddr, path: &str, body: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nx-test: yes\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn receiver_records_requests_and_answers_as_programmed() {
+        let rx = Receiver::start().await.unwrap();
+        rx.program(
+            "/busy",
+            Behavior {
+                status: 429,
+                retry_after: Some("7".into()),
+                body_size: 3,
+                ..Behavior::default()
+            },
+        );
+        let busy = raw_post(rx.addr(), "/busy", "{\"a\":1}").await;
+        assert!(busy.starts_with("HTTP/1.1 429"), "{busy}");
+        assert!(
+            busy.to_ascii_lowercase().contains("retry-after: 7"),
+            "{busy}"
+        );
+        assert!(busy.ends_with("xxx"), "{busy}");
+        let ok = raw_post(rx.addr(), "/ok", "hi").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+
+        let got = rx
+            .wait_for("/busy", 1, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(got[0].method, "POST");
+        assert_eq!(got[0].header("X-Test"), Some("yes"));
+        assert_eq!(got[0].json().unwrap()["a"], 1);
+        assert_eq!(rx.requests("/ok").len(), 1);
+        assert_eq!(rx.all_requests().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn wait_for_reports_how_many_arrived_when_too_few_do() {
+        let rx = Receiver::start().await.unwrap();
+        let err = rx
+            .wait_for("/none", 1, Duration::from_millis(200))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0 of 1"), "{err}");
+    }
+}

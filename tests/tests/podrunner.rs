@@ -1,0 +1,172 @@
+//! The pod runner stands in for a kubelet: a Deployment made by the real Deployment and
+//! ReplicaSet controllers becomes local processes with Ready Pods, a killed process is
+//! restarted, and deleting the Deployment ends its processes.
+
+use std::{path::PathBuf, time::Duration};
+
+use hookline_tests::{Env, LogDump, TestNamespace, run_dir, wait};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use serde_json::json;
+
+fn pid_file(ns: &str, pod: &str) -> PathBuf {
+    run_dir()
+        .join("pods")
+        .join(format!("{ns}_{pod}"))
+        .join("web.pid")
+}
+
+fn read_pid(ns: &str, pod: &str) -> Option<i32> {
+    std::fs::read_to_string(pid_file(ns, pod))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(")")
+                .is_none_or(|(_, rest)| rest.split_whitespace().next() != Some("Z"))
+        })
+        .unwrap_or(false)
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::test]
+async fn deployment_replicas_run_as_local_processes_restart_when_killed_and_end_when_deleted() {
+    let _dump = LogDump::new();
+    let env = Env::get().unwrap();
+    let client = env.client().await.unwrap();
+    let ns = TestNamespace::create(&env, &client, "pods").await.unwrap();
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "web",
+                        "image": "hookline.test/python:3",
+                        "command": ["python3", "-m", "http.server", "--bind", "$(POD_IP)", "8080"],
+                        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}
+                    }]
+                }
+            }
+        }
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+
+    let names = wait::until(
+        Duration::from_secs(90),
+        "2 Ready pods with live processes",
+        || async {
+            let list = pods.list(&ListParams::default()).await?;
+            let live: Vec<String> = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && ready(p))
+                .filter_map(|p| p.metadata.name.clone())
+                .filter(|n| read_pid(&ns.name, n).is_some_and(alive))
+                .collect();
+            Ok((live.len() == 2).then_some(live))
+        },
+    )
+    .await
+    .unwrap();
+
+    // Each replica has its own loopback IP, so both bind port 8080.
+    let ips: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    assert_eq!(ips.len(), 2);
+    assert_ne!(ips[0], ips[1]);
+    assert!(ips.iter().all(|ip| ip.starts_with("127.")), "{ips:?}");
+
+    wait::until(
+        Duration::from_secs(60),
+        "Deployment available with 2 replicas",
+        || async {
+            let d = deployments.get("web").await?;
+            let s = d.status.unwrap_or_default();
+            Ok((s.available_replicas == Some(2) && s.ready_replicas == Some(2)).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+
+    // Kill one process: the runner restarts it and counts the restart.
+    let victim = &names[0];
+    let old_pid = read_pid(&ns.name, victim).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait::until(
+        Duration::from_secs(60),
+        "killed container restarted",
+        || async {
+            let pod = pods.get(victim).await?;
+            let restarts = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|cs| cs.first())
+                .map_or(0, |c| c.restart_count);
+            let new_pid = read_pid(&ns.name, victim);
+            Ok(
+                (restarts >= 1 && new_pid.is_some_and(|p| p != old_pid && alive(p)) && ready(&pod))
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    .unwrap();
+
+    // Delete the Deployment: both processes end and the Pods go away.
+    let pids: Vec<i32> = names.iter().filter_map(|n| read_pid(&ns.name, n)).collect();
+    assert_eq!(pids.len(), 2);
+    deployments
+        .delete("web", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    wait::until(
+        Duration::from_secs(60),
+        "both processes ended and pods gone",
+        || async {
+            let left = pods.list(&ListParams::default()).await?.items.len();
+            Ok((left == 0 && pids.iter().all(|p| !alive(*p))).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+}

@@ -1,0 +1,101 @@
+//! RBAC is really on in the local API server: an identity allowed to read Secrets in one
+//! namespace only can read them there and is refused in another — the ground tenant isolation
+//! stands on.
+
+use hookline_tests::{Env, LogDump, TestNamespace};
+use k8s_openapi::api::{
+    authentication::v1::TokenRequest,
+    core::v1::{Secret, ServiceAccount},
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{
+    Api, Client, Config,
+    api::PostParams,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde_json::json;
+
+async fn client_with_token(env: &Env, token: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(&env.kubeconfig).unwrap();
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.auth_info = Default::default();
+    config.auth_info.token = Some(token.to_string().into());
+    Client::try_from(config).unwrap()
+}
+
+#[tokio::test]
+async fn identity_bound_to_one_namespace_cannot_read_secrets_of_another() {
+    let _dump = LogDump::new();
+    let env = Env::get().unwrap();
+    let admin = env.client().await.unwrap();
+    let mine = TestNamespace::create(&env, &admin, "rbac-a").await.unwrap();
+    let theirs = TestNamespace::create(&env, &admin, "rbac-b").await.unwrap();
+
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "s"}, "stringData": {"k": "v"}
+    }))
+    .unwrap();
+    for ns in [&mine.name, &theirs.name] {
+        Api::<Secret>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    let pp = PostParams::default();
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "tenant"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(admin.clone(), &mine.name)
+        .create(&pp, &sa)
+        .await
+        .unwrap();
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "read-secrets"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(admin.clone(), &mine.name)
+        .create(&pp, &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "read-secrets"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-secrets"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": mine.name}]
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &mine.name)
+        .create(&pp, &binding)
+        .await
+        .unwrap();
+
+    let tr: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}}))
+            .unwrap();
+    let tr = Api::<ServiceAccount>::namespaced(admin.clone(), &mine.name)
+        .create_token_request("tenant", &pp, &tr)
+        .await
+        .unwrap();
+    let token = tr.status.expect("token issued").token;
+    let tenant = client_with_token(&env, &token).await;
+
+    let own = Api::<Secret>::namespaced(tenant.clone(), &mine.name)
+        .get("s")
+        .await;
+    assert!(
+        own.is_ok(),
+        "reading its own namespace's Secret must work: {own:?}"
+    );
+    match Api::<Secret>::namespaced(tenant.clone(), &theirs.name)
+        .get("s")
+        .await
+    {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+        other => panic!("reading another namespace's Secret must be forbidden, got {other:?}"),
+    }
+    match Api::<Secret>::all(tenant).list(&Default::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+        other => panic!("listing Secrets cluster-wide must be forbidden, got {other:?}"),
+    }
+}
