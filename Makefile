@@ -7,6 +7,7 @@ HOOKLINE_CACHE ?= $(HOME)/.cache/hookline
 export HOOKLINE_CACHE
 export CARGO_TARGET_DIR ?= $(HOOKLINE_CACHE)/target
 CARGO ?= cargo
+KEEP ?= 0
 
 .PHONY: help tools build crds env-up env-down env-status test demo clean
 
@@ -19,8 +20,9 @@ tools: ## build/download etcd, kube-apiserver, kube-controller-manager, kubectl 
 build: ## build every Hookline binary (debug)
 	$(CARGO) build --workspace --bins
 
-crds: ## regenerate the CRD YAML from the Rust types
+crds: ## regenerate the CRD YAML (crds/manifests and the chart's copy) from the Rust types
 	$(CARGO) run -q -p hookline-crds --bin crdgen -- --out-dir crds/manifests
+	$(CARGO) run -q -p hookline-crds --bin crdgen -- --out-dir charts/hookline/crds
 
 env-up: tools ## start etcd, kube-apiserver, kube-controller-manager, Kafka and the pod runner on loopback
 	localenv/up.sh
@@ -30,6 +32,9 @@ env-down: ## stop the local environment (by recorded pids)
 
 env-status: ## show what is running
 	localenv/status.sh
+
+demo: ## Hookline end to end: environment, helm install, fraud-decisions example (KEEP=1 keeps it running)
+	KEEP=$(KEEP) localenv/demo.sh
 
 test: ## everything: tools, fmt, clippy, unit tests, environment, integration tests; stops the environment after
 	localenv/test.sh

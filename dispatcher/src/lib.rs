@@ -20,3 +20,10 @@ pub mod ratelimit;
 pub mod retry;
 pub mod signing;
 pub mod ssrf;
+
+/// Installs ring as the process's rustls crypto provider, once. reqwest is built without a
+/// provider of its own (so only ring, which kube already links, is compiled in); call this
+/// before building any reqwest client. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,120 +1,41 @@
-//! Installs `hookline-controller` into the local environment the way a platform team would:
-//! the operator namespace, a ServiceAccount with least-privilege RBAC, and a Deployment whose
-//! Pod the pod runner starts from the locally built binary (image `ghcr.io/hookline/...` maps
-//! to `$CARGO_TARGET_DIR/debug`). The controller therefore runs with exactly the permissions
-//! granted here, and the dispatcher Deployments it makes run the same way.
+//! Installs Hookline into the local environment the way a platform team would: `helm upgrade
+//! --install` of `charts/hookline` (the CRDs are applied from the current Rust types first,
+//! since Helm never upgrades a chart's CRDs). The pod runner starts the controller's Pod from
+//! the locally built binary (image `ghcr.io/hookline/...` maps to `$CARGO_TARGET_DIR/debug`),
+//! so the controller runs with exactly the chart's RBAC, and the dispatcher Deployments it
+//! makes run the same way.
 //!
-//! Test settings: `--allow-http` and `--allow-cidr=127.0.0.0/8`, because every receiver in a
-//! test listens on loopback. Leader election is on, so test binaries that install it again
-//! never get two active controllers.
+//! Test settings: `allowHttp` and `allowCidrs: [127.0.0.0/8]`, because every receiver in a
+//! test listens on loopback; leader election on, so a second install never gives two active
+//! controllers.
 
-use std::time::Duration;
+use std::{process::Command, sync::Mutex, time::Duration};
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{Namespace, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
-};
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams},
-};
-use serde_json::json;
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Api, Client};
 
-use crate::{Env, crd, wait};
+use crate::{Env, crd, repo_root, wait};
 
 /// The operator namespace used by the tests.
 pub const OPERATOR_NAMESPACE: &str = "hookline-system";
-const MANAGER: &str = "hookline.dev/tests";
 
-/// The controller's ClusterRole: what it reads and writes in every tenant namespace.
-pub fn controller_cluster_role() -> serde_json::Value {
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": "hookline-controller"},
-        "rules": [
-            {"apiGroups": ["hookline.dev"], "resources": ["webhooks"], "verbs": ["get", "list", "watch", "patch", "update"]},
-            {"apiGroups": ["hookline.dev"], "resources": ["webhooks/status"], "verbs": ["get", "patch", "update"]},
-            {"apiGroups": ["hookline.dev"], "resources": ["webhooks/finalizers"], "verbs": ["update"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
-            {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create", "patch", "delete"]},
-            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create", "patch", "delete"]},
-            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
-        ]
-    })
-}
+static INSTALLED: Mutex<bool> = Mutex::new(false);
 
-/// Installs the CRDs and the controller (idempotent) and waits until the controller is available.
+/// Installs the CRDs and the chart with the test settings (helm once per test process) and
+/// waits until the controller is available.
 ///
 /// # Errors
-/// When an object is refused or the controller does not become available within 2 minutes.
+/// When helm fails or the controller does not become available within 2 minutes.
 pub async fn controller(env: &Env, client: &Client) -> anyhow::Result<()> {
     crd::install(client).await?;
-    let pp = PatchParams::apply(MANAGER).force();
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": OPERATOR_NAMESPACE}}))?;
-    Api::<Namespace>::all(client.clone())
-        .patch(OPERATOR_NAMESPACE, &pp, &Patch::Apply(&ns))
-        .await?;
-    let sa: ServiceAccount = serde_json::from_value(
-        json!({"metadata": {"name": "hookline-controller", "namespace": OPERATOR_NAMESPACE}}),
-    )?;
-    Api::<ServiceAccount>::namespaced(client.clone(), OPERATOR_NAMESPACE)
-        .patch("hookline-controller", &pp, &Patch::Apply(&sa))
-        .await?;
-    let role: ClusterRole = serde_json::from_value(controller_cluster_role())?;
-    Api::<ClusterRole>::all(client.clone())
-        .patch("hookline-controller", &pp, &Patch::Apply(&role))
-        .await?;
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "hookline-controller"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "hookline-controller"},
-        "subjects": [{"kind": "ServiceAccount", "name": "hookline-controller", "namespace": OPERATOR_NAMESPACE}]
-    }))?;
-    Api::<ClusterRoleBinding>::all(client.clone())
-        .patch("hookline-controller", &pp, &Patch::Apply(&binding))
-        .await?;
-
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "hookline-controller", "namespace": OPERATOR_NAMESPACE, "labels": {"app.kubernetes.io/name": "hookline-controller"}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app.kubernetes.io/name": "hookline-controller"}},
-            "template": {
-                "metadata": {"labels": {"app.kubernetes.io/name": "hookline-controller"}},
-                "spec": {
-                    "serviceAccountName": "hookline-controller",
-                    "terminationGracePeriodSeconds": 10,
-                    "containers": [{
-                        "name": "controller",
-                        "image": "ghcr.io/hookline/hookline:dev",
-                        "command": ["/usr/local/bin/hookline-controller"],
-                        "args": [
-                            "--operator-namespace", OPERATOR_NAMESPACE,
-                            "--kafka-bootstrap", env.kafka_bootstrap,
-                            "--dispatcher-image", "ghcr.io/hookline/hookline:dev",
-                            "--allow-http",
-                            "--allow-cidr", "127.0.0.0/8",
-                            "--topic-partitions", "3",
-                            "--leader-elect",
-                            "--listen", "$(POD_IP):8080"
-                        ],
-                        "env": [
-                            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                            {"name": "RUST_LOG", "value": "info,hookline_controller=debug"}
-                        ],
-                        "ports": [{"name": "http", "containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2}
-                    }]
-                }
-            }
+    {
+        let mut done = INSTALLED.lock().expect("install lock");
+        if !*done {
+            helm_install(env, &[])?;
+            *done = true;
         }
-    }))?;
-    Api::<Deployment>::namespaced(client.clone(), OPERATOR_NAMESPACE)
-        .patch("hookline-controller", &pp, &Patch::Apply(&deployment))
-        .await?;
+    }
     wait::until(
         Duration::from_secs(120),
         "hookline-controller available",
@@ -130,4 +51,71 @@ pub async fn controller(env: &Env, client: &Client) -> anyhow::Result<()> {
         },
     )
     .await
+}
+
+/// The `--set` values every test install uses.
+pub fn test_values(env: &Env) -> Vec<String> {
+    [
+        format!("kafka.bootstrapServers={}", env.kafka_bootstrap),
+        "image.tag=dev".into(),
+        "delivery.allowHttp=true".into(),
+        "delivery.allowCidrs={127.0.0.0/8}".into(),
+        "kafka.topics.partitions=3".into(),
+        "kafka.topics.replicationFactor=1".into(),
+    ]
+    .into()
+}
+
+/// Runs helm with the admin kubeconfig; returns stdout.
+///
+/// # Errors
+/// When helm exits non-zero; carries its output.
+pub fn helm(env: &Env, args: &[String]) -> anyhow::Result<String> {
+    let helm = env
+        .vars
+        .get("HOOKLINE_HELM")
+        .context("env.sh does not set HOOKLINE_HELM")?;
+    let out = Command::new(helm)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(args)
+        .output()
+        .context("running helm")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "helm {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `helm upgrade --install hookline charts/hookline` into the operator namespace with the test
+/// values plus `extra` `--set` values.
+///
+/// # Errors
+/// When helm fails.
+pub fn helm_install(env: &Env, extra: &[&str]) -> anyhow::Result<()> {
+    let mut args: Vec<String> = ["upgrade", "--install", "hookline"]
+        .map(String::from)
+        .into();
+    args.push(repo_root().join("charts/hookline").display().to_string());
+    args.extend(
+        [
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+            "--skip-crds",
+        ]
+        .map(String::from),
+    );
+    for v in test_values(env)
+        .iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+    {
+        args.push("--set".into());
+        args.push(v.to_owned());
+    }
+    helm(env, &args).map(|_| ())
 }

@@ -197,6 +197,7 @@ async fn resolver_returns_only_allow_listed_loopback_addresses() {
 
 #[tokio::test]
 async fn reqwest_refusal_is_found_in_the_error_chain() {
+    crate::install_crypto_provider();
     let client = reqwest::Client::builder()
         .dns_resolver(PolicyResolver::new(Arc::new(strict())))
         .no_proxy()

@@ -230,6 +230,8 @@ impl StatusWriter {
                 self.last = Some(status);
                 true
             }
+            // Gone: the watch reports that; nothing to retry.
+            Err(kube::Error::Api(e)) if e.code == 404 => true,
             Err(e) => {
                 tracing::warn!(pod = %format!("{}/{}", self.namespace, self.name), error = %e, "cannot write pod status");
                 false

@@ -219,6 +219,9 @@ impl Prober {
     /// # Errors
     /// When the TLS backend cannot be set up.
     pub fn new() -> Result<Self, reqwest::Error> {
+        // reqwest is built without a rustls crypto provider; use ring, which kube already
+        // links. Installing fails harmlessly when a provider is already in place.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())

@@ -115,27 +115,64 @@ pub fn remove_pid(path: &Path) {
     }
 }
 
-/// State and process group of a live process, from `/proc/<pid>/stat`.
-fn proc_stat(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat)
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on Linux).
+const USER_HZ: u64 = 100;
+
+/// What `/proc/<pid>/stat` says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    state: char,
+    pgrp: u32,
+    /// Start time in clock ticks after boot.
+    start_ticks: u64,
 }
 
-/// Parses state and process group out of a `/proc/<pid>/stat` line (the command name may
-/// contain spaces and parentheses, so fields are counted after the last `)`).
-fn parse_stat(stat: &str) -> Option<(char, u32)> {
+/// Parses a `/proc/<pid>/stat` line (the command name may contain spaces and parentheses,
+/// so fields are counted after the last `)`).
+fn parse_stat(stat: &str) -> Option<Stat> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
 }
 
-/// Whether `pid` is a live (non-zombie) process leading its own process group, i.e. looks
-/// like a process the runner started.
-fn is_live_group_leader(pid: u32) -> bool {
-    matches!(proc_stat(pid), Some((state, pgrp)) if state != 'Z' && pgrp == pid)
+/// Boot time (seconds since the epoch) from `/proc/stat`.
+fn boot_time() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+}
+
+/// Whether `pid` is a live (non-zombie) process leading its own process group that started
+/// no later than `written` (its pid file's mtime, in epoch seconds) — i.e. the process the
+/// pid file was written for, not a later process that reused the pid.
+fn is_recorded_group_leader(pid: u32, written: Option<u64>) -> bool {
+    let Some(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .as_deref()
+        .and_then(parse_stat)
+    else {
+        return false;
+    };
+    let started = boot_time().map(|b| b + stat.start_ticks / USER_HZ);
+    let started_before_file = match (started, written) {
+        (Some(started), Some(written)) => started <= written + 1,
+        _ => true,
+    };
+    stat.state != 'Z' && stat.pgrp == pid && started_before_file
+}
+
+fn mtime_secs(path: &Path) -> Option<u64> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(
+        modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs(),
+    )
 }
 
 /// The pid files under `state_dir` (`<pod dir>/<container>.pid`).
@@ -159,8 +196,9 @@ fn pid_files(state_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Ends the processes a previous run of the runner left behind, as recorded in the pid
-/// files under `state_dir`: SIGTERM to each recorded process group that still lives, up to
-/// 5 s, then SIGKILL. Removes the pid files. Returns how many groups were signalled.
+/// files under `state_dir`: SIGTERM to each recorded process group that still lives (and
+/// started before its pid file was written), up to 5 s, then SIGKILL. Removes the pid files.
+/// Returns how many groups were signalled.
 pub async fn kill_leftovers(state_dir: &Path) -> usize {
     let own = std::process::id();
     let mut groups = Vec::new();
@@ -170,7 +208,7 @@ pub async fn kill_leftovers(state_dir: &Path) -> usize {
             .and_then(|s| s.trim().parse::<u32>().ok());
         if let Some(pid) = pid
             && pid != own
-            && is_live_group_leader(pid)
+            && is_recorded_group_leader(pid, mtime_secs(&file))
         {
             tracing::info!(pid, file = %file.display(), "stopping process left from a previous run");
             signal_group(pid, Signal::SIGTERM);
@@ -179,7 +217,10 @@ pub async fn kill_leftovers(state_dir: &Path) -> usize {
         remove_pid(&file);
     }
     for _ in 0..50 {
-        if groups.iter().all(|pid| !is_live_group_leader(*pid)) {
+        if groups
+            .iter()
+            .all(|pid| !is_recorded_group_leader(*pid, None))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -196,8 +237,31 @@ mod tests {
 
     #[test]
     fn stat_line_with_spaces_in_the_command_name_parses() {
-        let line = "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 0 0";
-        assert_eq!(parse_stat(line), Some(('S', 1234)));
+        let line =
+            "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 1000";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(
+            (stat.state, stat.pgrp, stat.start_ticks),
+            ('S', 1234, 987_654)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_process_started_after_its_pid_file_was_written_is_not_a_leftover() {
+        let dir = std::env::temp_dir().join(format!("podrunner-reuse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let inv = Invocation {
+            program: PathBuf::from("/bin/sleep"),
+            args: vec!["5".into()],
+        };
+        let mut child = spawn(&inv, &[], &dir, &dir.join("c.log"), "start").unwrap();
+        let pid = child.id().unwrap();
+        let now = mtime_secs(&dir.join("c.log")).unwrap();
+        assert!(is_recorded_group_leader(pid, Some(now)));
+        assert!(!is_recorded_group_leader(pid, Some(now - 60)));
+        signal_group(pid, Signal::SIGKILL);
+        child.wait().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

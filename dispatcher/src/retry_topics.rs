@@ -1,0 +1,357 @@
+//! What the dispatcher writes to Kafka besides consuming, as plain data: a
+//! delivery scheduled for later flows out as a retry record (the event's own
+//! envelope plus [`RetryMeta`] headers) into one of the delay tiers chosen by
+//! [`Tiers`]; read back, [`Tiers::step`] says whether to hold it, re-park it
+//! in another tier, or deliver it. Dead letters carry [`DeadLetter`] headers,
+//! and each attempt becomes one [`AttemptRecord`] on the attempts topic.
+//!
+//! # Retry records
+//! - value: [`crate::envelope::Event::to_envelope`], read back with
+//!   [`crate::envelope::parse`]; key: the event's original key;
+//! - partition: the index of the events-topic partition the event came from,
+//!   so that a key's retries sit with its events on the same replica;
+//! - timestamp: when it was written; it becomes *actionable* one tier delay
+//!   later. A tier is first-in first-out, so its head is always the first
+//!   record to become actionable and a partition whose head is not actionable
+//!   yet is paused, not polled;
+//! - headers: `hookline-webhook` (the one `Webhook` it is for),
+//!   `hookline-attempts` (attempts already made; postponements do not count),
+//!   `hookline-due` (Unix ms of the next attempt) and `hookline-seq` (its
+//!   offset in the events topic: the order of a key's events).
+//!
+//! A record whose due time is further away than its tier's delay is re-parked
+//! into the largest tier not longer than what remains, so a 9-hour delay
+//! costs a handful of hops, not a poll per second.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Header names of retry and dead-letter records.
+pub mod headers {
+    /// The `Webhook` a retry or dead letter is for.
+    pub const WEBHOOK: &str = "hookline-webhook";
+    /// Attempts already made.
+    pub const ATTEMPTS: &str = "hookline-attempts";
+    /// Unix milliseconds of the next attempt.
+    pub const DUE: &str = "hookline-due";
+    /// The event's offset in its events-topic partition.
+    pub const SEQ: &str = "hookline-seq";
+    /// Dead letter: snake_case reason.
+    pub const REASON: &str = "hookline-reason";
+    /// Dead letter: what happened, for a person.
+    pub const ERROR: &str = "hookline-error";
+    /// Dead letter: the topic the event was read from.
+    pub const ORIGINAL_TOPIC: &str = "hookline-original-topic";
+    /// Dead letter: its partition.
+    pub const ORIGINAL_PARTITION: &str = "hookline-original-partition";
+    /// Dead letter: its offset.
+    pub const ORIGINAL_OFFSET: &str = "hookline-original-offset";
+    /// Dead letter: the last HTTP status, when the receiver answered.
+    pub const STATUS: &str = "hookline-status";
+    /// Dead letter: when it was written (RFC 3339).
+    pub const DEAD_LETTERED_AT: &str = "hookline-dead-lettered-at";
+}
+
+/// Where a scheduled delivery stands, carried in a retry record's headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryMeta {
+    /// The one `Webhook` to deliver to.
+    pub webhook: String,
+    /// Attempts already made (0 for a delivery postponed before its first).
+    pub attempts: u32,
+    /// Unix milliseconds of the next attempt.
+    pub due_ms: i64,
+    /// Offset of the event in its events-topic partition.
+    pub seq: i64,
+}
+
+/// Why retry headers could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("retry record header `{0}` is missing or malformed")]
+pub struct MetaError(pub &'static str);
+
+impl RetryMeta {
+    /// The headers to write.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (headers::WEBHOOK, self.webhook.clone()),
+            (headers::ATTEMPTS, self.attempts.to_string()),
+            (headers::DUE, self.due_ms.to_string()),
+            (headers::SEQ, self.seq.to_string()),
+        ]
+    }
+
+    /// Reads the headers of a retry record (last value of a repeated header wins).
+    ///
+    /// # Errors
+    /// [`MetaError`] naming the first header missing or not a number.
+    pub fn from_headers(hs: &[(&str, &[u8])]) -> Result<RetryMeta, MetaError> {
+        let text = |name: &'static str| {
+            hs.iter()
+                .rev()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .filter(|v| !v.is_empty())
+                .ok_or(MetaError(name))
+        };
+        let number = |name: &'static str| -> Result<i64, MetaError> {
+            text(name)?.trim().parse().map_err(|_| MetaError(name))
+        };
+        Ok(RetryMeta {
+            webhook: text(headers::WEBHOOK)?.to_owned(),
+            attempts: u32::try_from(number(headers::ATTEMPTS)?)
+                .map_err(|_| MetaError(headers::ATTEMPTS))?,
+            due_ms: number(headers::DUE)?,
+            seq: number(headers::SEQ)?,
+        })
+    }
+}
+
+/// What to do with a retry record just read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Not yet: keep it (pause its partition) until this Unix ms.
+    Hold(i64),
+    /// Due later than this tier can wait: write it to tier `index` again.
+    Repark(usize),
+    /// Deliver now.
+    Deliver,
+}
+
+/// The delay tiers, shortest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tiers {
+    tiers: Vec<(Duration, String)>,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Tiers {
+    /// Tiers from `(delay, topic)` pairs, in any order.
+    ///
+    /// # Panics
+    /// When `tiers` is empty; the flags require at least one.
+    pub fn new(mut tiers: Vec<(Duration, String)>) -> Tiers {
+        assert!(!tiers.is_empty(), "at least one retry tier");
+        tiers.sort_by_key(|(d, _)| *d);
+        Tiers { tiers }
+    }
+
+    /// The tier of a topic, if it is one.
+    pub fn index_of(&self, topic: &str) -> Option<usize> {
+        self.tiers.iter().position(|(_, t)| t == topic)
+    }
+
+    /// The delay of tier `index`.
+    pub fn delay(&self, index: usize) -> Duration {
+        self.tiers[index.min(self.tiers.len() - 1)].0
+    }
+
+    /// The topic of tier `index`.
+    pub fn topic(&self, index: usize) -> &str {
+        &self.tiers[index.min(self.tiers.len() - 1)].1
+    }
+
+    /// Every tier topic.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.tiers.iter().map(|(_, t)| t.as_str())
+    }
+
+    /// The index of the longest tier.
+    pub fn longest(&self) -> usize {
+        self.tiers.len() - 1
+    }
+
+    /// The tier for a delivery due `remaining` from now: the largest delay not
+    /// above it, or the smallest tier when it is shorter than every delay.
+    pub fn for_remaining(&self, remaining: Duration) -> usize {
+        self.tiers
+            .iter()
+            .rposition(|(d, _)| *d <= remaining)
+            .unwrap_or(0)
+    }
+
+    /// Decides about a record of tier `index`, written at `written_ms` and
+    /// due at `due_ms`, at `now_ms`.
+    ///
+    /// # Guarantees
+    /// Never holds past the later of the record's actionable time and its due
+    /// time; re-parks only when the wait left is longer than the smallest tier
+    /// (shorter waits are held in memory, pausing only this partition).
+    pub fn step(&self, index: usize, written_ms: i64, due_ms: i64, now_ms: i64) -> Step {
+        let actionable = written_ms.saturating_add(millis(self.delay(index)));
+        if now_ms < actionable {
+            return Step::Hold(actionable);
+        }
+        let remaining = due_ms.saturating_sub(now_ms);
+        if remaining <= 0 {
+            Step::Deliver
+        } else if remaining <= millis(self.delay(0)) {
+            Step::Hold(due_ms)
+        } else {
+            let remaining = Duration::from_millis(u64::try_from(remaining).unwrap_or(0));
+            Step::Repark(self.for_remaining(remaining))
+        }
+    }
+}
+
+/// Why and from where an event was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// snake_case reason ([`crate::retry::Failure::reason`], an envelope
+    /// error's reason, `retries_exhausted`, `gone`, `webhook_disabled`, …).
+    pub reason: String,
+    /// What happened, for a person; never a URL or a secret.
+    pub error: String,
+    /// The topic it was first read from.
+    pub topic: String,
+    /// Its partition there.
+    pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
+    /// The `Webhook`, for a delivery; `None` for a record that could not be parsed.
+    pub webhook: Option<String>,
+    /// Attempts made.
+    pub attempts: Option<u32>,
+    /// The last HTTP status.
+    pub status: Option<u16>,
+}
+
+impl DeadLetter {
+    /// The headers to add to the record, stamped with `now`.
+    pub fn headers(&self, now: jiff::Timestamp) -> Vec<(&'static str, String)> {
+        let mut hs = vec![
+            (headers::REASON, self.reason.clone()),
+            (headers::ERROR, self.error.clone()),
+            (headers::ORIGINAL_TOPIC, self.topic.clone()),
+            (headers::ORIGINAL_PARTITION, self.partition.to_string()),
+            (headers::ORIGINAL_OFFSET, self.offset.to_string()),
+            (headers::DEAD_LETTERED_AT, now.to_string()),
+        ];
+        if let Some(w) = &self.webhook {
+            hs.push((headers::WEBHOOK, w.clone()));
+        }
+        if let Some(a) = self.attempts {
+            hs.push((headers::ATTEMPTS, a.to_string()));
+        }
+        if let Some(s) = self.status {
+            hs.push((headers::STATUS, s.to_string()));
+        }
+        hs
+    }
+}
+
+/// One delivery attempt, as written (JSON) to the attempts topic, keyed by event id.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    /// The event id (`webhook-id`).
+    pub event_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The `Webhook`.
+    pub webhook: String,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// The HTTP status, when the receiver answered.
+    pub status: Option<u16>,
+    /// Time to the end of the bounded body read.
+    pub latency_ms: u64,
+    /// `delivered`, `retry`, `dead_letter` or `gone`.
+    pub outcome: String,
+    /// Why it failed, snake_case.
+    pub reason: Option<String>,
+    /// When the attempt started (RFC 3339).
+    pub time: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiers() -> Tiers {
+        Tiers::new(
+            [(1, "1s"), (3600, "1h"), (10, "10s"), (60, "1m"), (600, "10m")]
+                .iter()
+                .map(|(s, n)| (Duration::from_secs(*s), format!("t.{n}")))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn retry_headers_round_trip() {
+        let meta = RetryMeta {
+            webhook: "fraud".into(),
+            attempts: 3,
+            due_ms: 1_700_000_000_123,
+            seq: 42,
+        };
+        let owned = meta.headers();
+        let hs: Vec<(&str, &[u8])> = owned.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        assert_eq!(RetryMeta::from_headers(&hs).unwrap(), meta);
+    }
+
+    #[test]
+    fn a_retry_record_without_its_headers_is_refused_naming_the_header() {
+        let hs: Vec<(&str, &[u8])> = vec![(headers::WEBHOOK, b"fraud"), (headers::ATTEMPTS, b"x")];
+        assert_eq!(
+            RetryMeta::from_headers(&hs).unwrap_err(),
+            MetaError(headers::ATTEMPTS)
+        );
+    }
+
+    #[test]
+    fn the_tier_is_the_largest_not_longer_than_what_remains() {
+        let t = tiers();
+        assert_eq!(t.topic(t.for_remaining(Duration::from_millis(400))), "t.1s");
+        assert_eq!(t.topic(t.for_remaining(Duration::from_secs(10))), "t.10s");
+        assert_eq!(t.topic(t.for_remaining(Duration::from_secs(599))), "t.1m");
+        assert_eq!(t.topic(t.for_remaining(Duration::from_secs(9 * 3600))), "t.1h");
+        assert_eq!(t.index_of("t.10m"), Some(3));
+        assert_eq!(t.longest(), 4);
+    }
+
+    #[test]
+    fn a_record_is_held_until_its_tier_delay_has_passed() {
+        let t = tiers();
+        let ten_s = t.index_of("t.10s").unwrap();
+        assert_eq!(t.step(ten_s, 1_000, 11_000, 5_000), Step::Hold(11_000));
+        assert_eq!(t.step(ten_s, 1_000, 11_000, 11_000), Step::Deliver);
+    }
+
+    #[test]
+    fn a_record_due_much_later_is_reparked_and_one_due_soon_is_held() {
+        let t = tiers();
+        let one_m = t.index_of("t.1m").unwrap();
+        // Actionable at 61 s, due at 2 h: park again in the 1 h tier.
+        assert_eq!(
+            t.step(one_m, 1_000, 7_200_000, 61_000),
+            Step::Repark(t.index_of("t.1h").unwrap())
+        );
+        // Due 500 ms after it became actionable: hold it in memory.
+        assert_eq!(t.step(one_m, 1_000, 61_500, 61_000), Step::Hold(61_500));
+    }
+
+    #[test]
+    fn dead_letter_headers_name_the_origin_and_the_reason() {
+        let dl = DeadLetter {
+            reason: "http_4xx".into(),
+            error: "receiver answered 400".into(),
+            topic: "hookline.acme.events".into(),
+            partition: 2,
+            offset: 7,
+            webhook: Some("fraud".into()),
+            attempts: Some(1),
+            status: Some(400),
+        };
+        let hs = dl.headers("2026-01-01T00:00:00Z".parse().unwrap());
+        let get = |k: &str| hs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get(headers::REASON), Some("http_4xx"));
+        assert_eq!(get(headers::ORIGINAL_OFFSET), Some("7"));
+        assert_eq!(get(headers::STATUS), Some("400"));
+        assert_eq!(get(headers::WEBHOOK), Some("fraud"));
+    }
+}

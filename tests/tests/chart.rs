@@ -1,0 +1,153 @@
+//! The Helm chart: it lints, it renders to objects the real API server accepts (server-side
+//! dry run) with default values and with every optional part on, a typo in values fails with a
+//! message naming it, and the chart's CRD copy is what `crdgen` generates (see `crd.rs`).
+
+use std::time::Duration;
+
+use hookline_tests::{Env, LogDump, install, repo_root, wait};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+fn chart() -> String {
+    repo_root().join("charts/hookline").display().to_string()
+}
+
+fn template(env: &Env, extra: &[&str]) -> anyhow::Result<String> {
+    let mut args: Vec<String> = ["template", "hookline"].map(String::from).into();
+    args.push(chart());
+    args.extend(["--namespace", install::OPERATOR_NAMESPACE].map(String::from));
+    for v in install::test_values(env)
+        .iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+    {
+        args.push("--set".into());
+        args.push(v.into());
+    }
+    install::helm(env, &args)
+}
+
+/// The Prometheus Operator's CRDs are not on this machine; schema-less stand-ins with the same
+/// group, kinds and scope let the API server accept (and so dry-run) the chart's monitoring
+/// objects. They check that the objects are well-formed Kubernetes objects of those kinds, not
+/// the operator's own schema.
+async fn monitoring_stand_ins(client: &kube::Client) {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for (kind, plural) in [
+        ("ServiceMonitor", "servicemonitors"),
+        ("PodMonitor", "podmonitors"),
+        ("PrometheusRule", "prometheusrules"),
+    ] {
+        let name = format!("{plural}.monitoring.coreos.com");
+        let crd: CustomResourceDefinition = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "group": "monitoring.coreos.com", "scope": "Namespaced",
+                "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase()},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
+            }
+        }))
+        .unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("hookline.dev/tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+        wait::until(
+            Duration::from_secs(30),
+            &format!("{name} established"),
+            || async {
+                let c = api.get(&name).await?;
+                let ok = c
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                Ok(ok.then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[test]
+fn chart_lints_cleanly() {
+    let env = Env::get().unwrap();
+    let out = install::helm(
+        &env,
+        &[
+            "lint".into(),
+            chart(),
+            "--strict".into(),
+            "--set".into(),
+            "kafka.bootstrapServers=k:9092".into(),
+        ],
+    )
+    .unwrap();
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+}
+
+#[tokio::test]
+async fn rendered_chart_is_accepted_by_the_api_server_with_defaults_and_with_every_option_on() {
+    let _dump = LogDump::new();
+    let env = Env::get().unwrap();
+    let client = env.client().await.unwrap();
+    hookline_tests::crd::install(&client).await.unwrap();
+    monitoring_stand_ins(&client).await;
+    env.kubectl(&["create", "namespace", install::OPERATOR_NAMESPACE])
+        .ok();
+
+    let all_on = [
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.prometheusRule.enabled=true",
+        "metrics.grafanaDashboard.enabled=true",
+        "networkPolicy.enabled=true",
+        "controller.replicas=2",
+        "kafka.existingSecret=kafka-credentials",
+    ];
+    for (what, extra) in [("defaults", &[][..]), ("every option on", &all_on[..])] {
+        let rendered = template(&env, extra).unwrap();
+        let (ok, out, err) = env
+            .kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &rendered)
+            .unwrap();
+        assert!(
+            ok,
+            "{what}: the API server refused the rendered chart:\n{err}\n{out}"
+        );
+        let kinds = out.lines().count();
+        assert!(kinds >= 9, "{what}: only {kinds} objects:\n{out}");
+        if what == "every option on" {
+            for kind in [
+                "servicemonitor",
+                "podmonitor",
+                "prometheusrule",
+                "configmap/hookline-dashboard",
+                "networkpolicy",
+            ] {
+                assert!(out.contains(kind), "{what}: no {kind} in\n{out}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_typo_in_values_fails_with_a_message_naming_it() {
+    let env = Env::get().unwrap();
+    let err = template(&env, &["delivery.allowHTTP=true"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("allowHTTP"), "{err}");
+    let err = install::helm(&env, &["template".into(), "x".into(), chart()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kafka.bootstrapServers is required"), "{err}");
+}
