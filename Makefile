@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(HOOKLINE_CACHE)/target
 CARGO ?= cargo
 KEEP ?= 0
 
-.PHONY: help tools build crds env-up env-down env-status test demo clean
+.PHONY: help tools build crds env-up env-down env-status test demo image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ demo: ## Hookline end to end: environment, helm install, fraud-decisions example
 
 test: ## everything: tools, fmt, clippy, unit tests, environment, integration tests; stops the environment after
 	localenv/test.sh
+
+image: ## the container image (buildah, FROM scratch, static binaries) and a check that its binaries start
+	localenv/image.sh
 
 clean: ## remove the run directory (not the caches)
 	localenv/down.sh || true

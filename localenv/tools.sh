@@ -92,7 +92,7 @@ build_etcd() {
   go_env
   local t0 src=$CACHE/src/etcd-$ETCD_VERSION
   t0=$(date +%s)
-  info "building etcd $ETCD_VERSION from go.etcd.io/etcd/server/v3 (cold: ~3-5 min on 2 cores)…"
+  info "building etcd $ETCD_VERSION from go.etcd.io/etcd/server/v3 (cold: ~1-2 min on 2 cores)…"
   rm -rf "$src" && mkdir -p "$src"
   cat >"$src/go.mod" <<EOF
 module hookline.local/etcd-build
@@ -204,7 +204,7 @@ build_k8s() {
     ldflags+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date_"
   done
 
-  info "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION in one go build (cold: ~15-25 min on 2 cores; log: $TOOLS_LOGS/build-k8s.log)…"
+  info "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION in one go build (cold: ~6 min on 2 idle cores, 15+ on busy ones; log: $TOOLS_LOGS/build-k8s.log)…"
   local tmp=$K8S_BIN_DIR/.tmp
   rm -rf "$tmp" && mkdir -p "$tmp"
   (cd "$src" && go_build_logged k8s go build -p "$GO_PARALLEL" -trimpath -ldflags "$ldflags" -o "$tmp/" \
@@ -236,7 +236,7 @@ build_helm() {
   go_env
   local t0 src=$CACHE/src/helm-$HELM_VERSION gomod want_go
   t0=$(date +%s)
-  info "building helm $HELM_VERSION from helm.sh/helm/v3 (cold: ~4-8 min on 2 cores, less after the k8s build)…"
+  info "building helm $HELM_VERSION from helm.sh/helm/v3 (cold: ~1.5 min on 2 cores)…"
   gomod=$(mod_gomod "helm.sh/helm/v3@$HELM_VERSION") || die "could not download helm.sh/helm/v3@$HELM_VERSION" "check that proxy.golang.org is reachable"
   want_go=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$gomod")
   go_at_least "$want_go" || die "helm $HELM_VERSION needs Go >= $want_go, found $(go env GOVERSION)" "install a newer Go"
@@ -275,7 +275,7 @@ fetch_kafka() {
   need_cmd mvn "install Maven 3 (e.g. apt-get install maven)"
   local t0 log=$TOOLS_LOGS/fetch-kafka.log tmp=$KAFKA_HOME/.libs.tmp
   t0=$(date +%s)
-  info "fetching Kafka $KAFKA_VERSION + log4j2 $LOG4J2_VERSION from Maven Central (cold: ~1-2 min)…"
+  info "fetching Kafka $KAFKA_VERSION + log4j2 $LOG4J2_VERSION from Maven Central (cold: ~5-30 s)…"
   rm -rf "$tmp" && mkdir -p "$tmp"
   if ! mvn -B -q -f "$LOCALENV_DIR/kafka/pom.xml" \
     -Dmaven.repo.local="$CACHE/m2" \

@@ -157,7 +157,23 @@ async fn main() -> anyhow::Result<()> {
         topics,
         store,
         tenant_locks: std::sync::Mutex::new(HashMap::new()),
+        failures: std::sync::Mutex::new(HashMap::new()),
     });
+    {
+        // Webhooks by readiness, from the reflector, every 10 s.
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let state = ctx.store.state();
+                let (t, f, u) =
+                    hookline_controller::metrics::readiness(state.iter().map(|w| w.as_ref()));
+                for (label, n) in [("true", t), ("false", f), ("unknown", u)] {
+                    ctx.metrics.webhooks.with_label_values(&[label]).set(n);
+                }
+            }
+        });
+    }
 
     let run = controller
         .watches(deployments, deployment_cfg, move |d| {

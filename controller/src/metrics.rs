@@ -15,6 +15,8 @@ pub struct Metrics {
     pub duration: Histogram,
     /// Leader state: 1 while this replica leads.
     pub leader: prometheus::IntGauge,
+    /// Webhooks by readiness (`true`, `false`, `unknown`), counted from the reflector.
+    pub webhooks: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -55,6 +57,11 @@ impl Metrics {
                 "1 while this replica is the leader",
             )
             .expect("metric"),
+            webhooks: prometheus::IntGaugeVec::new(
+                Opts::new("hookline_controller_webhooks", "Webhooks by readiness"),
+                &["ready"],
+            )
+            .expect("metric"),
         };
         registry
             .register(Box::new(m.reconciles.clone()))
@@ -69,5 +76,59 @@ impl Metrics {
             .register(Box::new(m.leader.clone()))
             .expect("register");
         m
+    }
+}
+
+/// Counts `(ready, not ready, unknown)` among `webhooks` by their `Ready` condition.
+pub fn readiness<'a>(
+    webhooks: impl IntoIterator<Item = &'a hookline_crds::Webhook>,
+) -> (i64, i64, i64) {
+    let mut counts = (0, 0, 0);
+    for w in webhooks {
+        let ready = w
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == hookline_crds::conditions::types::READY)
+            })
+            .map(|c| c.status.as_str());
+        match ready {
+            Some("True") => counts.0 += 1,
+            Some("False") => counts.1 += 1,
+            _ => counts.2 += 1,
+        }
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhooks_are_counted_by_their_ready_condition() {
+        let mk = |status: Option<&str>| {
+            let mut w: hookline_crds::Webhook = serde_json::from_value(serde_json::json!({
+                "apiVersion": "hookline.dev/v1alpha1", "kind": "Webhook", "metadata": {"name": "w"},
+                "spec": {"url": "https://h.example/", "eventTypes": ["a"]}
+            }))
+            .unwrap();
+            if let Some(st) = status {
+                w.status = serde_json::from_value(serde_json::json!({"conditions": [{
+                    "type": "Ready", "status": st, "reason": "R", "message": "",
+                    "lastTransitionTime": "2026-11-23T10:00:00Z"}]}))
+                .unwrap();
+            }
+            w
+        };
+        let all = [
+            mk(Some("True")),
+            mk(Some("True")),
+            mk(Some("False")),
+            mk(None),
+        ];
+        assert_eq!(readiness(all.iter()), (2, 1, 1));
     }
 }

@@ -67,6 +67,8 @@ pub struct Context {
     /// One lock per tenant: tenant-wide objects are computed and applied under it, from the
     /// store, so concurrent reconciles of two `Webhook`s cannot undo each other's Role.
     pub tenant_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Consecutive failed reconciles per `namespace/name`, for the error backoff.
+    pub failures: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -127,15 +129,29 @@ pub async fn reconcile(wh: Arc<Webhook>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 /// Requeue policy on errors: back off, count the failure.
-pub fn error_policy(_wh: Arc<Webhook>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(wh: Arc<Webhook>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .failures
         .with_label_values(&[err.category()])
         .inc();
     ctx.metrics.reconciles.with_label_values(&["error"]).inc();
-    warn!(error = %err, category = err.category(), "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    let key = format!("{}/{}", wh.namespace().unwrap_or_default(), wh.name_any());
+    let failures = {
+        let mut map = ctx.failures.lock().expect("failure counts");
+        let n = map.entry(key).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = backoff(failures);
+    warn!(error = %err, category = err.category(), failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
+
+/// Delay before the `failures`-th retry of a failing reconcile: 1 s doubling, at most 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
 
 async fn apply(wh: &Webhook, ctx: &Context) -> Result<Action> {
     let ns = wh
@@ -267,6 +283,10 @@ async fn apply(wh: &Webhook, ctx: &Context) -> Result<Action> {
     let settled = conditions::settle(&existing, &verdicts, wh.metadata.generation, now);
     patch_status(ctx, wh, &settled, secret_status).await?;
     ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
+    ctx.failures
+        .lock()
+        .expect("failure counts")
+        .remove(&format!("{ns}/{name}"));
 
     let all_ok = verdicts.iter().all(|v| v.ok);
     let mut next = if all_ok {
@@ -469,5 +489,20 @@ fn ignore_missing<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_reconciles_back_off_exponentially_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), Duration::from_secs(300));
+        assert_eq!(backoff(1000), Duration::from_secs(300));
     }
 }

@@ -34,7 +34,7 @@ impl TopicManager {
     pub fn new(bootstrap: &str, partitions: i32, replication: i32) -> Result<TopicManager> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap);
-        for (k, v) in kafka_env_settings(std::env::vars()) {
+        for (k, v) in hookline_dispatcher::config::kafka_env_settings(std::env::vars()) {
             config.set(k, v);
         }
         let admin = config
@@ -99,40 +99,5 @@ impl TopicManager {
     /// Forgets that `tenant`'s topics exist (after an error, so the next reconcile checks again).
     pub fn forget(&self, tenant: &str) {
         self.ensured.lock().expect("topic cache").remove(tenant);
-    }
-}
-
-/// librdkafka settings from `HOOKLINE_KAFKA_<NAME>` variables: `HOOKLINE_KAFKA_SECURITY_PROTOCOL`
-/// becomes `security.protocol`. `HOOKLINE_KAFKA_BOOTSTRAP` and `HOOKLINE_KAFKA_SECRET` are not settings.
-pub fn kafka_env_settings(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
-    vars.filter_map(|(k, v)| {
-        let name = k.strip_prefix("HOOKLINE_KAFKA_")?;
-        (name != "BOOTSTRAP" && name != "SECRET")
-            .then(|| (name.to_ascii_lowercase().replace('_', "."), v))
-    })
-    .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kafka_settings_come_from_prefixed_environment_variables() {
-        let vars = [
-            ("HOOKLINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
-            ("HOOKLINE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
-            ("HOOKLINE_KAFKA_BOOTSTRAP", "k:9092"),
-            ("PATH", "/bin"),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned()));
-        let got = kafka_env_settings(vars.into_iter());
-        assert_eq!(
-            got,
-            vec![
-                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
-                ("sasl.mechanism".to_owned(), "SCRAM-SHA-512".to_owned())
-            ]
-        );
     }
 }

@@ -68,7 +68,11 @@ pub struct Config {
     pub allow_http: bool,
 
     /// CIDRs deliveries may reach although they are not public (comma-separated).
-    #[arg(long = "allow-cidr", env = "HOOKLINE_ALLOW_CIDRS", value_delimiter = ',')]
+    #[arg(
+        long = "allow-cidr",
+        env = "HOOKLINE_ALLOW_CIDRS",
+        value_delimiter = ','
+    )]
     pub allow_cidrs: Vec<IpNet>,
 
     /// Deliveries held in memory (running, waiting for a slot, or parked behind
@@ -180,9 +184,7 @@ impl Config {
             .set("message.timeout.ms", "60000")
             .set("compression.type", "none");
         merge(&mut config, self.kafka_base());
-        config
-            .set("acks", "all")
-            .set("enable.idempotence", "true");
+        config.set("acks", "all").set("enable.idempotence", "true");
         config
     }
 
@@ -232,7 +234,8 @@ mod tests {
 
     #[test]
     fn the_flags_the_controller_writes_are_accepted() {
-        let c = Config::try_parse_from(args(&["--allow-http", "--allow-cidr=127.0.0.0/8,::1/128"])).unwrap();
+        let c = Config::try_parse_from(args(&["--allow-http", "--allow-cidr=127.0.0.0/8,::1/128"]))
+            .unwrap();
         assert_eq!(c.tenant_namespace, "acme");
         assert!(c.allow_http);
         assert_eq!(c.allow_cidrs.len(), 2);

@@ -47,6 +47,16 @@ pub const FULL_POSTPONE: Duration = Duration::from_secs(1);
 /// A lane: one webhook and one key, within a partition.
 pub type LaneKey = (Arc<str>, String);
 
+/// Where a delivery was read: its events-topic partition (index) and the
+/// assignment epoch it was read under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// The partition index.
+    pub partition: i32,
+    /// The assignment epoch.
+    pub epoch: u64,
+}
+
 /// What to do with a delivery offered to [`Lanes::admit`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admit<J> {
@@ -116,14 +126,23 @@ impl<J> Lanes<J> {
 
     /// Records a delivery written to the retry path without passing through
     /// [`admit`](Self::admit) (paused webhook, missing secret, full queue).
-    pub fn note_pending(&mut self, partition: i32, epoch: u64, lane: LaneKey, seq: i64, due_ms: i64) {
+    pub fn note_pending(
+        &mut self,
+        partition: i32,
+        epoch: u64,
+        lane: LaneKey,
+        seq: i64,
+        due_ms: i64,
+    ) {
         if let Some(p) = self.tracked(partition, epoch) {
             p.pending.entry(lane).or_default().insert(seq, due_ms);
         }
     }
 
     fn tracked(&mut self, partition: i32, epoch: u64) -> Option<&mut PartitionLanes<J>> {
-        self.partitions.get_mut(&partition).filter(|p| p.epoch == epoch)
+        self.partitions
+            .get_mut(&partition)
+            .filter(|p| p.epoch == epoch)
     }
 
     /// Offers the delivery `job` at position `seq` of `lane`. `from_retry`
@@ -136,15 +155,14 @@ impl<J> Lanes<J> {
     /// tracked (or of another epoch) imposes nothing: the delivery goes.
     pub fn admit(
         &mut self,
-        partition: i32,
-        epoch: u64,
+        place: Place,
         lane: LaneKey,
         seq: i64,
         job: J,
         from_retry: bool,
         now_ms: i64,
     ) -> Admit<J> {
-        let Some(p) = self.tracked(partition, epoch) else {
+        let Some(p) = self.tracked(place.partition, place.epoch) else {
             return Admit::Go(job);
         };
         if let Some(pending) = p.pending.get_mut(&lane) {
@@ -169,7 +187,8 @@ impl<J> Lanes<J> {
             Admission::Go((_, job)) => Admit::Go(job),
             Admission::Parked => Admit::Parked,
             Admission::Full((_, job)) => {
-                let due = now_ms.saturating_add(i64::try_from(FULL_POSTPONE.as_millis()).unwrap_or(1000));
+                let due =
+                    now_ms.saturating_add(i64::try_from(FULL_POSTPONE.as_millis()).unwrap_or(1000));
                 p.pending.entry(lane).or_default().insert(seq, due);
                 Admit::Postpone(job, due)
             }
@@ -241,6 +260,10 @@ mod tests {
         (Arc::from("fraud"), key.to_owned())
     }
 
+    fn at(partition: i32, epoch: u64) -> Place {
+        Place { partition, epoch }
+    }
+
     fn lanes() -> Lanes<&'static str> {
         let mut l = Lanes::new(100);
         l.assign(0, 1);
@@ -250,28 +273,49 @@ mod tests {
     #[test]
     fn a_free_lane_lets_the_delivery_go_and_later_ones_park_behind_it() {
         let mut l = lanes();
-        assert_eq!(l.admit(0, 1, lane("k"), 10, "e10", false, NOW), Admit::Go("e10"));
-        assert_eq!(l.admit(0, 1, lane("k"), 11, "e11", false, NOW), Admit::Parked);
-        assert_eq!(l.admit(0, 1, lane("j"), 12, "j12", false, NOW), Admit::Go("j12"));
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 10, "e10", false, NOW),
+            Admit::Go("e10")
+        );
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 11, "e11", false, NOW),
+            Admit::Parked
+        );
+        assert_eq!(
+            l.admit(at(0, 1), lane("j"), 12, "j12", false, NOW),
+            Admit::Go("j12")
+        );
         assert_eq!(l.parked(), 1);
         assert_eq!(l.finish(0, 1, &lane("k"), 10), Some("e11"));
         assert_eq!(l.finish(0, 1, &lane("k"), 11), None);
-        assert_eq!(l.admit(0, 1, lane("k"), 13, "e13", false, NOW), Admit::Go("e13"));
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 13, "e13", false, NOW),
+            Admit::Go("e13")
+        );
     }
 
     #[test]
     fn a_reschedule_postpones_what_was_parked_behind_it_in_order() {
         let mut l = lanes();
-        assert_eq!(l.admit(0, 1, lane("k"), 10, "e10", false, NOW), Admit::Go("e10"));
-        assert_eq!(l.admit(0, 1, lane("k"), 11, "e11", false, NOW), Admit::Parked);
-        assert_eq!(l.admit(0, 1, lane("k"), 12, "e12", false, NOW), Admit::Parked);
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 10, "e10", false, NOW),
+            Admit::Go("e10")
+        );
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 11, "e11", false, NOW),
+            Admit::Parked
+        );
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 12, "e12", false, NOW),
+            Admit::Parked
+        );
         let back = l.reschedule(0, 1, &lane("k"), 10, NOW + 5_000);
         assert_eq!(back, vec![("e11", NOW + 5_001), ("e12", NOW + 5_002)]);
         assert_eq!(l.pending(), 3);
         assert_eq!(l.parked(), 0);
         // A new event of the key goes behind the last pending one.
         assert_eq!(
-            l.admit(0, 1, lane("k"), 13, "e13", false, NOW),
+            l.admit(at(0, 1), lane("k"), 13, "e13", false, NOW),
             Admit::Postpone("e13", NOW + 5_003)
         );
     }
@@ -283,11 +327,17 @@ mod tests {
         l.add_pending(0, lane("k"), 11, NOW + 200);
         // 11 comes back first (its tier was quicker): postponed behind 10.
         assert_eq!(
-            l.admit(0, 1, lane("k"), 11, "r11", true, NOW + 200),
+            l.admit(at(0, 1), lane("k"), 11, "r11", true, NOW + 200),
             Admit::Postpone("r11", NOW + 201)
         );
-        assert_eq!(l.admit(0, 1, lane("k"), 10, "r10", true, NOW + 201), Admit::Go("r10"));
-        assert_eq!(l.admit(0, 1, lane("k"), 11, "r11", true, NOW + 202), Admit::Parked);
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 10, "r10", true, NOW + 201),
+            Admit::Go("r10")
+        );
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 11, "r11", true, NOW + 202),
+            Admit::Parked
+        );
         assert_eq!(l.finish(0, 1, &lane("k"), 10), Some("r11"));
         assert_eq!(l.finish(0, 1, &lane("k"), 11), None);
         assert_eq!(l.pending(), 0);
@@ -297,7 +347,10 @@ mod tests {
     fn an_event_read_again_while_its_retry_is_pending_is_a_duplicate() {
         let mut l = lanes();
         l.add_pending(0, lane("k"), 10, NOW + 100);
-        assert_eq!(l.admit(0, 1, lane("k"), 10, "e10", false, NOW), Admit::Duplicate);
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 10, "e10", false, NOW),
+            Admit::Duplicate
+        );
     }
 
     #[test]
@@ -305,15 +358,27 @@ mod tests {
         let mut l = lanes();
         l.add_pending(0, lane("k"), 10, NOW);
         let later = NOW + i64::try_from(STALE_AFTER.as_millis()).unwrap() + 1;
-        assert_eq!(l.admit(0, 1, lane("k"), 11, "e11", false, later), Admit::Go("e11"));
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 11, "e11", false, later),
+            Admit::Go("e11")
+        );
     }
 
     #[test]
     fn untracked_partitions_and_old_epochs_impose_nothing() {
         let mut l = lanes();
-        assert_eq!(l.admit(7, 1, lane("k"), 10, "a", false, NOW), Admit::Go("a"));
-        assert_eq!(l.admit(7, 1, lane("k"), 11, "b", false, NOW), Admit::Go("b"));
-        assert_eq!(l.admit(0, 9, lane("k"), 10, "c", false, NOW), Admit::Go("c"));
+        assert_eq!(
+            l.admit(at(7, 1), lane("k"), 10, "a", false, NOW),
+            Admit::Go("a")
+        );
+        assert_eq!(
+            l.admit(at(7, 1), lane("k"), 11, "b", false, NOW),
+            Admit::Go("b")
+        );
+        assert_eq!(
+            l.admit(at(0, 9), lane("k"), 10, "c", false, NOW),
+            Admit::Go("c")
+        );
         l.assign(0, 2);
         assert_eq!(l.finish(0, 1, &lane("k"), 10), None, "epoch 1 is over");
     }
@@ -322,9 +387,18 @@ mod tests {
     fn a_full_gate_postpones_instead_of_parking() {
         let mut l = Lanes::new(1);
         l.assign(0, 1);
-        assert_eq!(l.admit(0, 1, lane("k"), 1, "a", false, NOW), Admit::Go("a"));
-        assert_eq!(l.admit(0, 1, lane("k"), 2, "b", false, NOW), Admit::Parked);
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 1, "a", false, NOW),
+            Admit::Go("a")
+        );
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 2, "b", false, NOW),
+            Admit::Parked
+        );
         let due = NOW + i64::try_from(FULL_POSTPONE.as_millis()).unwrap();
-        assert_eq!(l.admit(0, 1, lane("k"), 3, "c", false, NOW), Admit::Postpone("c", due));
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 3, "c", false, NOW),
+            Admit::Postpone("c", due)
+        );
     }
 }

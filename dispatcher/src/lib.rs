@@ -10,8 +10,30 @@
 //! outcome goes through [`retry`] to become delivered, retried later,
 //! dead-lettered or gone; finally [`ordering::OffsetTracker`] says which
 //! Kafka offset may be committed. [`duration`] parses the CRD's durations.
+//!
+//! The runtime around that core (used by the `hookline-dispatcher` binary):
+//! [`config`] (flags and Kafka settings), [`webhooks`] and [`secrets`] (the
+//! tenant's `Webhook`s and their signing keys), [`lanes`] (per-key order
+//! across memory and the retry topics), [`retry_topics`] (the records written
+//! to Kafka), [`delivery`] (the HTTP client), [`pipeline`] (consume, fan out,
+//! deliver, settle, commit) with its [`consumer`] and [`worker`] tasks,
+//! [`reflector`], [`status`], [`metrics`] and [`server`].
 
 pub mod circuit;
+pub mod config;
+pub mod consumer;
+pub mod delivery;
+pub mod error;
+pub mod lanes;
+pub mod metrics;
+pub mod pipeline;
+pub mod reflector;
+pub mod retry_topics;
+pub mod secrets;
+pub mod server;
+pub mod status;
+pub mod webhooks;
+pub mod worker;
 pub use hookline_crds::duration;
 pub mod envelope;
 pub mod matching;

@@ -1,2 +1,212 @@
-//! Placeholder; see the dispatcher issue.
-fn main() {}
+//! `hookline-dispatcher` entry point: flags, logging, the /metrics /healthz
+//! /readyz server, then the tasks — the `Webhook` reflector, the signing-Secret
+//! loader, the status writer — and the Kafka pipeline, started once the
+//! `Webhook`s are listed (so that no event is matched against an empty list).
+//! SIGTERM or Ctrl-C stops the pipeline gracefully, then the status writer
+//! writes one last time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use hookline_crds::Webhook;
+use hookline_dispatcher::config::Config;
+use hookline_dispatcher::consumer;
+use hookline_dispatcher::delivery::Deliverer;
+use hookline_dispatcher::envelope::Limits;
+use hookline_dispatcher::metrics::Metrics;
+use hookline_dispatcher::pipeline::{Parts, Pipeline};
+use hookline_dispatcher::reflector::Reflector;
+use hookline_dispatcher::retry_topics::Tiers;
+use hookline_dispatcher::server::{self, Health};
+use hookline_dispatcher::ssrf::AddressPolicy;
+use hookline_dispatcher::webhooks::Registry;
+use hookline_dispatcher::worker::Shared;
+use hookline_dispatcher::{secrets, status};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client};
+use rdkafka::producer::FutureProducer;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+async fn signalled() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .json()
+        .init();
+    let config = Config::parse();
+    hookline_dispatcher::install_crypto_provider();
+    let ns = config.tenant_namespace.clone();
+    info!(namespace = %ns, events = %config.events_topic, group = %config.consumer_group, "starting");
+
+    let prom = prometheus::Registry::new();
+    let metrics = Metrics::register(&prom, &ns);
+    let health = Arc::new(Health::default());
+    let server_stop = CancellationToken::new();
+    let server = server::serve(config.listen, prom, health.clone(), server_stop.clone())
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    info!(listen = %config.listen, "serving /metrics, /healthz, /readyz");
+
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let registry = Arc::new(Registry::new());
+    let deliverer = Deliverer::new(
+        AddressPolicy::new(config.allow_cidrs.clone()),
+        config.allow_http,
+    )?;
+    let tasks_stop = CancellationToken::new();
+
+    let secrets_wake = Arc::new(Notify::new());
+    let (synced_tx, mut synced_rx) = watch::channel(false);
+    let reflector = Reflector {
+        client: client.clone(),
+        namespace: ns.clone(),
+        registry: registry.clone(),
+        secrets: secrets_wake.clone(),
+        deliverer: deliverer.clone(),
+        metrics: metrics.clone(),
+        synced: synced_tx,
+    };
+    tokio::spawn(reflector.run(tasks_stop.clone()));
+    tokio::spawn(secrets::run(
+        client.clone(),
+        ns.clone(),
+        registry.clone(),
+        secrets_wake,
+        config.secret_refresh,
+        tasks_stop.clone(),
+    ));
+    let reporter = Reporter {
+        controller: "hookline-dispatcher".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let status_stop = CancellationToken::new();
+    let status_task = tokio::spawn(status::run(
+        Api::<Webhook>::namespaced(client.clone(), &ns),
+        registry.clone(),
+        Recorder::new(client.clone(), reporter),
+        metrics.clone(),
+        config.status_interval,
+        status_stop.clone(),
+    ));
+
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            signalled().await;
+            info!("signal received; shutting down");
+            stop.cancel();
+        });
+    }
+    tokio::select! {
+        r = synced_rx.wait_for(|s| *s) => { r.context("the Webhook reflector stopped")?; }
+        () = stop.cancelled() => {
+            server_stop.cancel();
+            return Ok(());
+        }
+    }
+    health.set_synced();
+
+    let producer: FutureProducer = config
+        .producer_config()
+        .create()
+        .context("creating the Kafka producer")?;
+    let tiers = Tiers::new(
+        config
+            .tiers()
+            .into_iter()
+            .map(|t| (t.delay, t.topic))
+            .collect(),
+    );
+    let mut topics: Vec<&str> = vec![config.events_topic.as_str()];
+    topics.extend(tiers.topics());
+    {
+        let (config, names, stop) = (
+            config.scanner_config(),
+            topics.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>(),
+            stop.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            consumer::wait_for_topics(&config, &names, &|| stop.is_cancelled())
+        })
+        .await?
+        .context("looking up the tenant's topics")?;
+    }
+    // Keys first, so that the first records do not find a Webhook without one.
+    for _ in 0..50 {
+        if registry.snapshot().iter().all(|e| e.has_keys()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (consumer, rebalances, committable) = consumer::subscribe(
+        &config.consumer_config(),
+        &config.events_topic,
+        &topics,
+        metrics.clone(),
+    )
+    .context("subscribing to the tenant's topics")?;
+    health.set_subscribed();
+    info!(topics = ?topics, "subscribed");
+
+    let (completions_tx, completions) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        producer,
+        deliverer,
+        tiers,
+        events_topic: Arc::from(config.events_topic.as_str()),
+        dead_letter_topic: config.dead_letter_topic.clone(),
+        attempts_topic: config.attempts_topic.clone(),
+        metrics,
+        completions: completions_tx,
+        stop: CancellationToken::new(),
+    });
+    let pipeline = Pipeline::new(Parts {
+        consumer,
+        rebalances,
+        committable,
+        scanner: config.scanner_config(),
+        shared,
+        completions,
+        registry,
+        health: health.clone(),
+        max_pending: config.max_pending,
+        limits: Limits {
+            max_record_bytes: config.max_record_bytes,
+        },
+        grace: config.shutdown_grace,
+    });
+    pipeline.run(stop).await;
+
+    status_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), status_task).await;
+    tasks_stop.cancel();
+    server_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    info!("stopped");
+    Ok(())
+}

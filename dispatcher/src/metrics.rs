@@ -115,7 +115,9 @@ impl Metrics {
                     "hookline_dispatcher_status_write_duration_seconds",
                     "Time to write one Webhook status",
                 )
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
             )
             .expect("valid metric"),
             backpressure: IntGauge::new(
@@ -219,7 +221,9 @@ impl Metrics {
         let _ = self
             .circuit_state
             .remove_label_values(&[&self.namespace, webhook]);
-        let _ = self.in_flight.remove_label_values(&[&self.namespace, webhook]);
+        let _ = self
+            .in_flight
+            .remove_label_values(&[&self.namespace, webhook]);
     }
 }
 
@@ -254,12 +258,20 @@ mod tests {
         m.attempt("fraud", "delivered", Some(200), 0.01);
         m.circuit("fraud", CircuitState::Open);
         let mut out = Vec::new();
-        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut out)
-            .unwrap();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut out,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains(
             r#"hookline_dispatcher_deliveries_total{namespace="acme",outcome="delivered",status_class="2xx",webhook="fraud"} 1"#
         ));
-        assert!(text.contains(r#"hookline_dispatcher_circuit_state{namespace="acme",webhook="fraud"} 2"#));
+        assert!(
+            text.contains(
+                r#"hookline_dispatcher_circuit_state{namespace="acme",webhook="fraud"} 2"#
+            )
+        );
     }
 }

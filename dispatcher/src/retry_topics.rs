@@ -274,10 +274,16 @@ mod tests {
 
     fn tiers() -> Tiers {
         Tiers::new(
-            [(1, "1s"), (3600, "1h"), (10, "10s"), (60, "1m"), (600, "10m")]
-                .iter()
-                .map(|(s, n)| (Duration::from_secs(*s), format!("t.{n}")))
-                .collect(),
+            [
+                (1, "1s"),
+                (3600, "1h"),
+                (10, "10s"),
+                (60, "1m"),
+                (600, "10m"),
+            ]
+            .iter()
+            .map(|(s, n)| (Duration::from_secs(*s), format!("t.{n}")))
+            .collect(),
         )
     }
 
@@ -309,7 +315,10 @@ mod tests {
         assert_eq!(t.topic(t.for_remaining(Duration::from_millis(400))), "t.1s");
         assert_eq!(t.topic(t.for_remaining(Duration::from_secs(10))), "t.10s");
         assert_eq!(t.topic(t.for_remaining(Duration::from_secs(599))), "t.1m");
-        assert_eq!(t.topic(t.for_remaining(Duration::from_secs(9 * 3600))), "t.1h");
+        assert_eq!(
+            t.topic(t.for_remaining(Duration::from_secs(9 * 3600))),
+            "t.1h"
+        );
         assert_eq!(t.index_of("t.10m"), Some(3));
         assert_eq!(t.longest(), 4);
     }

@@ -150,7 +150,8 @@ mod tests {
         assert!(h.alive(), "not started yet counts as alive");
         h.beat();
         assert!(h.alive());
-        h.heartbeat.store(unix_now() - STALL_LIMIT.as_secs() - 1, Ordering::Relaxed);
+        h.heartbeat
+            .store(unix_now() - STALL_LIMIT.as_secs() - 1, Ordering::Relaxed);
         assert!(!h.alive());
     }
 }

@@ -20,6 +20,9 @@ use crate::{Env, crd, repo_root, wait};
 /// The operator namespace used by the tests.
 pub const OPERATOR_NAMESPACE: &str = "hookline-system";
 
+/// The signing-key rotation overlap the tests install with.
+pub const ROTATION_OVERLAP: Duration = Duration::from_secs(20);
+
 static INSTALLED: Mutex<bool> = Mutex::new(false);
 
 /// Installs the CRDs and the chart with the test settings (helm once per test process) and
@@ -62,6 +65,8 @@ pub fn test_values(env: &Env) -> Vec<String> {
         "delivery.allowCidrs={127.0.0.0/8}".into(),
         "kafka.topics.partitions=3".into(),
         "kafka.topics.replicationFactor=1".into(),
+        // Short, so the rotation test sees the previous key expire.
+        format!("signing.rotationOverlap={}s", ROTATION_OVERLAP.as_secs()),
     ]
     .into()
 }

@@ -209,6 +209,26 @@ pub fn parse_env_sh(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// A plain `GET http://addr{path}` (for /metrics of a Pod on its loopback IP); the body.
+///
+/// # Errors
+/// When the connection fails or the answer is not 200.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nhost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "GET {addr}{path}: {head}"
+    );
+    Ok(body.to_owned())
+}
+
 /// A short random lowercase suffix for names of namespaces, topics and users.
 pub fn random_suffix() -> String {
     Alphanumeric

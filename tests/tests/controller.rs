@@ -272,6 +272,32 @@ async fn referenced_secret_is_checked_and_a_missing_one_is_named() {
     assert_eq!(reason, "SecretNotFound");
     assert!(message.contains("my-key"), "{message}");
 
+    // A key of the wrong size is refused with its own reason, and the message never shows it.
+    let short = "whsec_c2hvcnQta2V5";
+    let bad: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "my-key"}, "stringData": {"secret": short}}),
+    )
+    .unwrap();
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    secrets.create(&PostParams::default(), &bad).await.unwrap();
+    let wh = wait::until(Duration::from_secs(60), "SecretInvalid", || async {
+        let wh = api.get("mine").await?;
+        Ok(condition(&wh, types::SECRET_READY)
+            .filter(|c| c.1 == "SecretInvalid")
+            .map(|_| wh))
+    })
+    .await
+    .unwrap();
+    let (_, _, message) = condition(&wh, types::SECRET_READY).unwrap();
+    assert!(
+        message.contains("24 to 64") && !message.contains("c2hvcnQta2V5"),
+        "{message}"
+    );
+    secrets
+        .delete("my-key", &DeleteParams::default())
+        .await
+        .unwrap();
+
     let key = hookline_dispatcher::signing::Secret::generate().expose_whsec();
     let secret: Secret = serde_json::from_value(
         json!({"metadata": {"name": "my-key"}, "stringData": {"secret": key}}),
@@ -347,6 +373,40 @@ async fn rotation_makes_a_new_key_and_keeps_the_previous_one_valid() {
         "the previous key is kept for the overlap"
     );
     assert_ne!(data["secret"], first, "a new current key");
+    let second = data["secret"].clone();
+
+    // After the overlap only the new key is left, without any further change to the Webhook.
+    let deadline = install::ROTATION_OVERLAP + Duration::from_secs(40);
+    wait::until(
+        deadline,
+        "previous key dropped after the overlap",
+        || async {
+            let data = secrets.get("rot-signing").await?.data.unwrap_or_default();
+            Ok((!data.contains_key("previous")).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let data = secrets.get("rot-signing").await.unwrap().data.unwrap();
+    assert_eq!(
+        data["secret"], second,
+        "the current key is unchanged when the previous one expires"
+    );
+    let wh = wait::until(
+        Duration::from_secs(30),
+        "status without previousValidUntil",
+        || async {
+            let wh = api.get("rot").await?;
+            let s = wh.status.as_ref().and_then(|s| s.secret.clone());
+            Ok(
+                s.filter(|s| s.previous_valid_until.is_none() && s.generation == 2)
+                    .map(|_| wh),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(condition(&wh, types::SECRET_READY).unwrap().0, "True");
 }
 
 async fn client_as(env: &Env, admin: &Client, sa_ns: &str, sa: &str) -> Client {
@@ -375,92 +435,116 @@ async fn dispatcher_identity_reads_its_tenant_only_and_only_its_signing_secrets(
     let other = TestNamespace::create(&env, &client, "ctl-rbac-other")
         .await
         .unwrap();
-    let api = Api::<Webhook>::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &webhook("w", "http://127.0.0.1:9/hook", json!({})),
-    )
-    .await
-    .unwrap();
-    wait_condition(
-        &api,
-        "w",
-        types::SECRET_READY,
-        "True",
-        Duration::from_secs(60),
-    )
-    .await;
     let unrelated: Secret = serde_json::from_value(
         json!({"metadata": {"name": "db-password"}, "stringData": {"p": "x"}}),
     )
     .unwrap();
-    for n in [&ns.name, &other.name] {
-        Api::<Secret>::namespaced(client.clone(), n)
+    for tenant in [&ns.name, &other.name] {
+        let api = Api::<Webhook>::namespaced(client.clone(), tenant);
+        api.create(
+            &PostParams::default(),
+            &webhook("w", "http://127.0.0.1:9/hook", json!({})),
+        )
+        .await
+        .unwrap();
+        Api::<Secret>::namespaced(client.clone(), tenant)
             .create(&PostParams::default(), &unrelated)
             .await
             .unwrap();
     }
-    let name = naming::dispatcher(&ns.name);
-    wait::until(
-        Duration::from_secs(30),
-        "dispatcher RBAC in place",
-        || async {
-            Ok(Api::<Role>::namespaced(client.clone(), &ns.name)
-                .get_opt(&name)
-                .await?
-                .map(|_| ()))
-        },
-    )
-    .await
-    .unwrap();
-    let disp = client_as(&env, &client, OP, &name).await;
-
-    assert!(
-        Api::<Webhook>::namespaced(disp.clone(), &ns.name)
-            .list(&ListParams::default())
-            .await
-            .is_ok()
-    );
-    assert!(
-        Api::<Secret>::namespaced(disp.clone(), &ns.name)
-            .get("w-signing")
-            .await
-            .is_ok()
-    );
+    for tenant in [&ns.name, &other.name] {
+        let n = naming::dispatcher(tenant);
+        wait::until(
+            Duration::from_secs(60),
+            "dispatcher RBAC in place",
+            || async {
+                let role = Api::<Role>::namespaced(client.clone(), tenant)
+                    .get_opt(&n)
+                    .await?;
+                let sa = Api::<ServiceAccount>::namespaced(client.clone(), OP)
+                    .get_opt(&n)
+                    .await?;
+                Ok((role.is_some() && sa.is_some()).then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+    }
     let forbidden =
         |r: Result<Secret, kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
-    assert!(
-        forbidden(
-            Api::<Secret>::namespaced(disp.clone(), &ns.name)
-                .get("db-password")
+
+    // Each direction: a tenant's dispatcher reads its own Webhooks and signing Secret, and
+    // nothing else: not an unrelated Secret of its tenant, nothing of the other tenant.
+    for (mine, theirs) in [(&ns.name, &other.name), (&other.name, &ns.name)] {
+        let disp = client_as(&env, &client, OP, &naming::dispatcher(mine)).await;
+        // The RoleBinding lands just after the Role; wait until the grant is in effect.
+        wait::until(
+            Duration::from_secs(30),
+            "dispatcher can list its Webhooks",
+            || async {
+                Ok(Api::<Webhook>::namespaced(disp.clone(), mine)
+                    .list(&ListParams::default())
+                    .await
+                    .ok()
+                    .map(|_| ()))
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            Api::<Webhook>::namespaced(disp.clone(), mine)
+                .list(&ListParams::default())
                 .await
-        ),
-        "unrelated Secret of its tenant"
-    );
-    assert!(
-        forbidden(
-            Api::<Secret>::namespaced(disp.clone(), &other.name)
-                .get("db-password")
+                .is_ok()
+        );
+        assert!(
+            Api::<Secret>::namespaced(disp.clone(), mine)
+                .get("w-signing")
                 .await
-        ),
-        "Secret of another tenant"
-    );
-    // RBAC is decided before existence: 403 even for a name that does not exist there.
-    assert!(
-        forbidden(
-            Api::<Secret>::namespaced(disp.clone(), OP)
-                .get("db-password")
-                .await
-        ),
-        "Secrets of the operator namespace"
-    );
-    let others = Api::<Webhook>::namespaced(disp, &other.name)
-        .list(&ListParams::default())
-        .await;
-    assert!(
-        matches!(others, Err(kube::Error::Api(s)) if s.code == 403),
-        "Webhooks of another tenant"
-    );
+                .is_ok(),
+            "{mine}: own signing Secret"
+        );
+        assert!(
+            forbidden(
+                Api::<Secret>::namespaced(disp.clone(), mine)
+                    .get("db-password")
+                    .await
+            ),
+            "{mine}: unrelated Secret of its tenant"
+        );
+        assert!(
+            forbidden(
+                Api::<Secret>::namespaced(disp.clone(), theirs)
+                    .get("w-signing")
+                    .await
+            ),
+            "{mine}: signing Secret of {theirs}"
+        );
+        assert!(
+            forbidden(
+                Api::<Secret>::namespaced(disp.clone(), theirs)
+                    .get("db-password")
+                    .await
+            ),
+            "{mine}: Secret of {theirs}"
+        );
+        // RBAC is decided before existence: 403 even for a name that does not exist there.
+        assert!(
+            forbidden(
+                Api::<Secret>::namespaced(disp.clone(), OP)
+                    .get("db-password")
+                    .await
+            ),
+            "{mine}: operator namespace"
+        );
+        let others = Api::<Webhook>::namespaced(disp, theirs)
+            .list(&ListParams::default())
+            .await;
+        assert!(
+            matches!(others, Err(kube::Error::Api(s)) if s.code == 403),
+            "{mine}: Webhooks of {theirs}"
+        );
+    }
 }
 
 #[tokio::test]
