@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(HOOKLINE_CACHE)/target
 CARGO ?= cargo
 KEEP ?= 0
 
-.PHONY: help tools build crds env-up env-down env-status test demo image clean
+.PHONY: help tools build crds env-up env-down env-status test demo image clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ demo: ## Hookline end to end: environment, helm install, fraud-decisions example
 
 test: ## everything: tools, fmt, clippy, unit tests, environment, integration tests; stops the environment after
 	localenv/test.sh
+
+bench: ## benchmarks (release build, ~40 min; QUICK=1 for a ~10 min subset, BENCH_ARGS for more flags); see BENCHMARKS.md
+	bench/run.sh $(if $(filter 1,$(QUICK)),--quick) $(BENCH_ARGS)
 
 image: ## the container image (buildah, FROM scratch, static binaries) and a check that its binaries start
 	localenv/image.sh

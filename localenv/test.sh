@@ -4,7 +4,8 @@
 #   2. cargo fmt --check, clippy -D warnings, unit tests (no environment needed)
 #   3. the local environment (unless one is already up, which is then left running)
 #   4. integration and end-to-end tests against it
-#   5. the environment stopped again, also on failure
+#   5. the container image built and its binaries started (localenv/image.sh)
+#   6. the environment stopped again, also on failure
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HOOKLINE_CACHE="${HOOKLINE_CACHE:-$HOME/.cache/hookline}"
@@ -36,18 +37,23 @@ cargo test --workspace --no-run --locked
 step "unit tests"
 cargo test --workspace --lib --bins --locked
 
-started_env=0
 if localenv/status.sh --quiet; then
   step "local environment already up; using it and leaving it running"
 else
   step "start the local environment"
-  started_env=1
   trap 'step "stop the local environment"; localenv/down.sh' EXIT
   localenv/up.sh
 fi
 
 step "integration and end-to-end tests"
 # The test binaries share one environment; each test makes its own namespace and topics.
-cargo test --workspace --locked --test '*' -- --test-threads="${HOOKLINE_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast --test '*' -- --test-threads="${HOOKLINE_TEST_THREADS:-4}"
+
+if [[ ${HOOKLINE_SKIP_IMAGE:-0} == 1 ]]; then
+  step "container image: SKIPPED because HOOKLINE_SKIP_IMAGE=1"
+else
+  step "container image (static release build, buildah FROM scratch, binaries start from it)"
+  localenv/image.sh
+fi
 
 step "all passed in $(( $(date +%s) - start ))s"

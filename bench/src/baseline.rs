@@ -20,8 +20,10 @@ use crate::producer::{Shape, event};
 /// What to send.
 #[derive(Debug, Clone)]
 pub struct Load {
-    /// One URL per webhook; every event goes to each.
+    /// One URL per webhook.
     pub urls: Vec<String>,
+    /// Every event to every URL, or each event to one URL, round-robin.
+    pub fan_out: bool,
     /// The events.
     pub shape: Shape,
     /// Number of events.
@@ -125,7 +127,8 @@ pub async fn run(load: Load) -> anyhow::Result<Sent> {
     let started = Instant::now();
     let deadline = started + load.limit;
     let webhooks = load.urls.len().max(1);
-    let total = load.events * webhooks;
+    let per_event = if load.fan_out { webhooks } else { 1 };
+    let total = load.events * per_event;
     let mut tasks = tokio::task::JoinSet::new();
     match load.rate {
         None => {
@@ -139,9 +142,20 @@ pub async fn run(load: Load) -> anyhow::Result<Sent> {
                         if j >= total || Instant::now() > deadline {
                             break;
                         }
-                        let (seq, w) = (j / webhooks, j % webhooks);
-                        post(&client, &load.urls[w], &load.shape, seq, clock::now_us(), &counters)
-                            .await;
+                        let (seq, w) = if load.fan_out {
+                            (j / webhooks, j % webhooks)
+                        } else {
+                            (j, j % webhooks)
+                        };
+                        post(
+                            &client,
+                            &load.urls[w],
+                            &load.shape,
+                            seq,
+                            clock::now_us(),
+                            &counters,
+                        )
+                        .await;
                     }
                 });
             }
@@ -155,7 +169,12 @@ pub async fn run(load: Load) -> anyhow::Result<Sent> {
                 if Instant::now() > deadline {
                     break;
                 }
-                for w in 0..webhooks {
+                let targets = if load.fan_out {
+                    0..webhooks
+                } else {
+                    seq % webhooks..seq % webhooks + 1
+                };
+                for w in targets {
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break;
                     };

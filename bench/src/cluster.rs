@@ -53,7 +53,10 @@ pub struct Env {
 /// `~/.cache/hookline`, or `$HOOKLINE_CACHE`.
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("HOOKLINE_CACHE").map_or_else(
-        || PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/hookline"),
+        || {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/hookline")
+        },
         PathBuf::from,
     )
 }
@@ -84,10 +87,18 @@ impl Env {
         let run_dir = std::env::var_os("HOOKLINE_RUN_DIR")
             .map_or_else(|| cache_dir().join("run"), PathBuf::from);
         let path = run_dir.join("env.sh");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {} (is the environment up? make env-up)", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (is the environment up? make env-up)",
+                path.display()
+            )
+        })?;
         let vars = parse_env_sh(&text);
-        let get = |k: &str| vars.get(k).cloned().with_context(|| format!("{} does not set {k}", path.display()));
+        let get = |k: &str| {
+            vars.get(k)
+                .cloned()
+                .with_context(|| format!("{} does not set {k}", path.display()))
+        };
         Ok(Env {
             kubeconfig: get("KUBECONFIG")?.into(),
             kafka_bootstrap: get("HOOKLINE_KAFKA_BOOTSTRAP")?,
@@ -119,7 +130,13 @@ impl Env {
 }
 
 fn pid_file(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    // `<pid> <start time>`: the environment records the start time to detect reuse.
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Makes sure the Hookline controller runs (installs the chart with the test
@@ -137,17 +154,28 @@ pub async fn ensure_controller(env: &Env, client: &Client, repo: &Path) -> anyho
         return Ok(());
     }
     eprintln!("hookline-controller is not running: installing the chart with the test settings");
-    let kubectl = env.vars.get("HOOKLINE_KUBECTL").context("env.sh does not set HOOKLINE_KUBECTL")?;
+    let kubectl = env
+        .vars
+        .get("HOOKLINE_KUBECTL")
+        .context("env.sh does not set HOOKLINE_KUBECTL")?;
     run(Command::new(kubectl)
         .env("KUBECONFIG", &env.kubeconfig)
         .args(["apply", "--server-side", "--force-conflicts", "-f"])
         .arg(repo.join("crds/manifests")))?;
-    let helm = env.vars.get("HOOKLINE_HELM").context("env.sh does not set HOOKLINE_HELM")?;
+    let helm = env
+        .vars
+        .get("HOOKLINE_HELM")
+        .context("env.sh does not set HOOKLINE_HELM")?;
     let mut cmd = Command::new(helm);
     cmd.env("KUBECONFIG", &env.kubeconfig)
         .args(["upgrade", "--install", "hookline"])
         .arg(repo.join("charts/hookline"))
-        .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace", "--skip-crds"]);
+        .args([
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+            "--skip-crds",
+        ]);
     for v in [
         format!("kafka.bootstrapServers={}", env.kafka_bootstrap),
         "image.tag=dev".into(),
@@ -213,7 +241,9 @@ impl Tenant {
         let ns: Namespace = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"hookline.dev/bench": "true"}}
         }))?;
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": SIGNING_SECRET},
             "stringData": {"secret": SIGNING_KEY}
@@ -232,7 +262,11 @@ impl Tenant {
     ///
     /// # Errors
     /// When the API server refuses one.
-    pub async fn create_webhooks(&self, defs: &[WebhookDef], parallel: usize) -> anyhow::Result<()> {
+    pub async fn create_webhooks(
+        &self,
+        defs: &[WebhookDef],
+        parallel: usize,
+    ) -> anyhow::Result<()> {
         use futures::StreamExt as _;
         let results: Vec<anyhow::Result<()>> = futures::stream::iter(defs.iter().cloned())
             .map(|d| {
@@ -284,7 +318,11 @@ impl Tenant {
     ///
     /// # Errors
     /// When listing fails.
-    pub async fn wait_ready(&self, limit: Duration, from: Instant) -> anyhow::Result<Option<Duration>> {
+    pub async fn wait_ready(
+        &self,
+        limit: Duration,
+        from: Instant,
+    ) -> anyhow::Result<Option<Duration>> {
         let end = from + limit;
         loop {
             let (ready, all) = self.ready().await?;
@@ -292,7 +330,10 @@ impl Tenant {
                 return Ok(Some(from.elapsed()));
             }
             if Instant::now() > end {
-                eprintln!("  {}: {ready} of {all} Webhooks Ready after {limit:?}", self.name);
+                eprintln!(
+                    "  {}: {ready} of {all} Webhooks Ready after {limit:?}",
+                    self.name
+                );
                 return Ok(None);
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -316,7 +357,8 @@ pub fn suffix() -> String {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let mix = (n as u64 ^ u64::from(std::process::id()).rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mix = (n as u64 ^ u64::from(std::process::id()).rotate_left(32))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     format!("{:08x}", mix >> 32)
 }
 

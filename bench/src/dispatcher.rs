@@ -79,7 +79,11 @@ impl Dispatcher {
             "--allow-http".into(),
             "--allow-cidr=127.0.0.0/8".into(),
         ];
-        args.extend(t.retry.iter().map(|(tier, topic)| format!("--retry-topic={tier}={topic}")));
+        args.extend(
+            t.retry
+                .iter()
+                .map(|(tier, topic)| format!("--retry-topic={tier}={topic}")),
+        );
         if let Some(dir) = opts.log.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -117,7 +121,11 @@ impl Dispatcher {
             if let Some(status) = self.child.try_wait()? {
                 bail!("the dispatcher exited with {status} before it was ready");
             }
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.metrics)).send().await
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/readyz", self.metrics))
+                .send()
+                .await
                 && r.status().is_success()
             {
                 return Ok(());
@@ -154,7 +162,10 @@ impl Dispatcher {
         if let Ok(pid) = i32::try_from(self.pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
     }
@@ -173,7 +184,9 @@ pub fn parse_counters(text: &str) -> Counters {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
         };
-        let Ok(v) = value.parse::<f64>() else { continue };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
         let (name, labels) = series.split_once('{').unwrap_or((series, ""));
         match name {
             "hookline_dispatcher_deliveries_total" => {

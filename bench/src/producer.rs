@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
 use serde::Serialize;
 
 use crate::clock;
@@ -123,8 +125,7 @@ impl Producer {
 
     /// Enqueues one record, waiting while the local queue is full.
     fn send(&self, topic: &str, key: &str, value: &[u8], deadline: Instant) -> bool {
-        let mut record: BaseRecord<'_, str, [u8]> =
-            BaseRecord::to(topic).key(key).payload(value);
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(key).payload(value);
         loop {
             match self.inner.send(record) {
                 Ok(()) => return true,
@@ -143,7 +144,14 @@ impl Producer {
         }
     }
 
-    fn finish(&self, sent: usize, acked0: u64, failed0: u64, started: Instant, max_lag_us: u64) -> Produced {
+    fn finish(
+        &self,
+        sent: usize,
+        acked0: u64,
+        failed0: u64,
+        started: Instant,
+        max_lag_us: u64,
+    ) -> Produced {
         let _ = self.inner.flush(Duration::from_secs(60));
         let elapsed_s = started.elapsed().as_secs_f64();
         let acked = self.acked() - acked0;

@@ -120,7 +120,14 @@ impl Recorder {
 
     /// Records one request to `webhook` with event id `id`, `body`, attempt
     /// number `attempt`, received at `recv_us`.
-    pub fn record(&self, webhook: usize, id: Option<&str>, body: &[u8], attempt: u32, recv_us: u64) {
+    pub fn record(
+        &self,
+        webhook: usize,
+        id: Option<&str>,
+        body: &[u8],
+        attempt: u32,
+        recv_us: u64,
+    ) {
         let seq = id
             .and_then(|id| id.strip_prefix(self.prefix.as_str()))
             .and_then(|s| s.parse::<usize>().ok())
@@ -194,7 +201,10 @@ impl Recorder {
 pub fn embedded_t(body: &[u8]) -> Option<u64> {
     let at = body.windows(4).position(|w| w == b"\"t\":")? + 4;
     let digits = body[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&body[at..at + digits]).ok()?.parse().ok()
+    std::str::from_utf8(&body[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 struct Port {

@@ -63,7 +63,10 @@ pub struct Window {
 /// The rate between the buckets where `lo` and `hi` (fractions of `total`)
 /// of the arrivals had arrived: 5–95 % leaves out the ramp-up and the tail.
 pub fn window(timeline: &[u32], total: u64, lo: f64, hi: f64) -> Window {
-    let (lo_n, hi_n) = ((total as f64 * lo).ceil() as u64, (total as f64 * hi).ceil() as u64);
+    let (lo_n, hi_n) = (
+        (total as f64 * lo).ceil() as u64,
+        (total as f64 * hi).ceil() as u64,
+    );
     let mut cum = 0u64;
     let (mut first, mut last) = (None, None);
     for (i, c) in timeline.iter().enumerate() {

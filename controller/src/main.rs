@@ -21,8 +21,9 @@ use kube::{
     Api, Client, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller, Predicate, WatchStreamExt,
         events::{Recorder, Reporter},
+        predicates, reflector,
         reflector::ObjectRef,
         watcher::{self, watcher},
     },
@@ -105,8 +106,21 @@ async fn main() -> anyhow::Result<()> {
         settings.topic_replication,
     )?;
     let webhooks = Api::<Webhook>::all(client.clone());
-    let controller = Controller::new(webhooks, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // Reconcile on what the controller acts on — spec (generation, which also moves on
+    // deletion), annotations (rotation) and finalizers — not on the dispatcher's status
+    // writes, which come every few seconds per busy Webhook. Periodic requeues still run.
+    let (store, writer) = reflector::store();
+    let trigger = watcher(webhooks, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::annotations)
+                .combine(predicates::finalizers),
+            Default::default(),
+        );
+    let controller = Controller::for_stream(trigger, store.clone());
 
     let by_tenant = {
         let store = store.clone();

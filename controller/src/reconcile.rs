@@ -152,7 +152,6 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
 
-
 async fn apply(wh: &Webhook, ctx: &Context) -> Result<Action> {
     let ns = wh
         .namespace()
@@ -271,14 +270,20 @@ async fn apply(wh: &Webhook, ctx: &Context) -> Result<Action> {
     let ready = conditions::ready(None, &secret_verdict, &dispatcher_verdict);
     let verdicts = [ready, secret_verdict, dispatcher_verdict];
     for v in conditions::flipped(&existing, &verdicts) {
-        if v.type_ == types::READY || !v.ok {
-            let kind = if v.ok {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            ctx.event(wh, kind, v.reason, v.message.clone()).await;
+        // A dispatcher that is still starting for a new Webhook is not a warning; one that
+        // was available and is no longer is.
+        let first_time = !existing.iter().any(|c| c.type_ == v.type_);
+        let starting = first_time && v.reason == reasons::DISPATCHER_UNAVAILABLE;
+        let worth_telling = v.type_ == types::READY || !v.ok;
+        if starting || !worth_telling {
+            continue;
         }
+        let kind = if v.ok {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        ctx.event(wh, kind, v.reason, v.message.clone()).await;
     }
     let settled = conditions::settle(&existing, &verdicts, wh.metadata.generation, now);
     patch_status(ctx, wh, &settled, secret_status).await?;

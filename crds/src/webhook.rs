@@ -220,13 +220,13 @@ pub struct DeliverySpec {
 }
 
 /// How failed attempts are retried. The default schedule (exponential from 1s, capped at 10h
-/// between attempts, 15 attempts) keeps trying for more than a day.
+/// between attempts, 20 attempts, equal jitter) keeps trying for at least 24 hours (about 48 h nominal).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.initialDelay) || !has(self.maxDelay) || duration(self.initialDelay) <= duration(self.maxDelay)").message("retry.initialDelay must not exceed retry.maxDelay").reason(Reason::FieldValueInvalid))]
 pub struct RetrySpec {
     /// Attempts in all, the first included, before the event is dead-lettered. 1 (no retries)
-    /// to 50; default 15.
+    /// to 50; default 20.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 50))]
     pub max_attempts: Option<i32>,

@@ -5,16 +5,19 @@
 //! tier makes it actionable, re-parked if its due time is further off, or
 //! turned into a job for its one endpoint. Jobs pass the endpoint's state and
 //! their [`Lanes`] and are spawned as [`worker`] tasks; their [`Completion`]s
-//! flow back to settle offsets ([`OffsetTracker`]) and move lanes on, and a
+//! flow back to settle offsets ([`crate::ordering::OffsetTracker`]) and move lanes on, and a
 //! tick commits what is settled.
 //!
 //! # Guarantees
 //! - At least once: an offset is committed only when every job it fanned out
 //!   to was delivered, durably scheduled for retry, or dead-lettered, and a
 //!   malformed record only once its dead letter is acknowledged.
-//! - Isolation: a job for a `Webhook` that already holds more than its share
-//!   of memory is postponed through the retry path instead of queueing; the
-//!   consumer pauses only when all jobs together exceed `--max-pending`.
+//! - Isolation: nothing waits in the loop; each job waits in its own task for
+//!   its endpoint's slot, token and circuit. Once jobs in memory pass half of
+//!   `--max-pending`, a job for a `Webhook` holding more than its fair share
+//!   ([`overflows`]) is postponed through the retry path instead of queueing,
+//!   so one slow URL cannot fill the memory the others need; the consumer
+//!   pauses only when all jobs together exceed `--max-pending`.
 //! - A retry partition whose head is not actionable yet is paused and
 //!   resumed by a timer, not polled.
 //!
@@ -66,9 +69,16 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the start-up scan of the retry topics may take.
 pub const SCAN_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A `Webhook`'s share of memory: jobs beyond it are postponed.
-pub fn endpoint_share(max_in_flight: usize) -> usize {
-    (max_in_flight * 4).max(128)
+/// Least fair share of a `Webhook`, in jobs.
+pub const MIN_SHARE: usize = 128;
+
+/// Whether a `Webhook` holding `held` jobs is over its share when `total`
+/// jobs are in memory across `endpoints` `Webhook`s: only under pressure
+/// (more than half of `max_pending` in memory), and then above
+/// `max_pending / endpoints` (at least [`MIN_SHARE`]). A burst on a healthy
+/// URL queues in memory; a slow URL's excess is postponed.
+pub fn overflows(held: usize, total: usize, endpoints: usize, max_pending: usize) -> bool {
+    total > max_pending / 2 && held > (max_pending / endpoints.max(1)).max(MIN_SHARE)
 }
 
 /// What the pipeline is built from.
@@ -140,7 +150,6 @@ impl Pipeline {
             self.p.health.beat();
             let wake = self.next_wake();
             tokio::select! {
-                biased;
                 () = stop.cancelled() => break,
                 Some(c) = self.p.completions.recv() => self.on_completion(c),
                 Some(r) = self.p.rebalances.recv() => self.on_rebalance(r),
@@ -162,8 +171,18 @@ impl Pipeline {
         self.shutdown().await;
     }
 
+    /// When the first held retry head becomes actionable; `None` while nothing
+    /// could be let through anyway (so the timer never spins).
     fn next_wake(&self) -> Option<Instant> {
-        let until = self.parts.values().filter_map(|p| p.hold_until).min()?;
+        if self.backpressure || self.stopping {
+            return None;
+        }
+        let until = self
+            .parts
+            .values()
+            .filter(|p| !p.scanning)
+            .filter_map(|p| p.hold_until)
+            .min()?;
         let wait = Duration::from_millis(u64::try_from(until - now_ms()).unwrap_or(0));
         Some(Instant::now() + wait)
     }
@@ -196,12 +215,11 @@ impl Pipeline {
             Availability::NoKeys => Some(NO_KEYS_POSTPONE),
             Availability::Ready | Availability::Disabled => None,
         };
-        let share = job
-            .endpoint
-            .settings()
-            .map_or(128, |s| endpoint_share(s.max_in_flight));
         let wait = wait.or_else(|| {
-            (job.endpoint.in_memory.load(Ordering::Relaxed) > share).then_some(OVERFLOW_POSTPONE)
+            let held = job.endpoint.in_memory.load(Ordering::Relaxed);
+            let total = self.total.load(Ordering::Relaxed);
+            overflows(held, total, self.p.registry.len(), self.p.max_pending)
+                .then_some(OVERFLOW_POSTPONE)
         });
         if let Some(wait) = wait {
             let due = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
@@ -297,5 +315,29 @@ impl Pipeline {
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
         self.p.consumer.unsubscribe();
         info!("pipeline stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_queues_in_memory_while_there_is_room() {
+        assert!(!overflows(4_000, 4_000, 1, 10_000));
+        assert!(
+            !overflows(9_000, 9_000, 1, 10_000),
+            "a lone Webhook may use it all"
+        );
+    }
+
+    #[test]
+    fn under_pressure_the_webhook_over_its_fair_share_overflows() {
+        assert!(overflows(4_000, 6_000, 4, 10_000));
+        assert!(!overflows(2_000, 6_000, 4, 10_000), "within 10000 / 4");
+        assert!(
+            !overflows(100, 9_000, 1_000, 10_000),
+            "never below the minimum share"
+        );
     }
 }

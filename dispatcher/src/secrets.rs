@@ -3,7 +3,9 @@
 //! [`SigningKeys::from_secret`] turns it into the current key and, during a
 //! rotation overlap, the previous one, and [`SigningKeys::at`] hands the
 //! signer the keys valid at an instant. [`run`] re-reads every Secret
-//! periodically and at once when a `Webhook` appears or names another Secret.
+//! periodically, and at once when a `Webhook` appears, names another Secret,
+//! or its `status.secret` reports a new key generation (a rotation), so a
+//! rotated key is signed with within a second or so.
 //!
 //! Secret layout (written by the controller, or by the tenant for `secretRef`):
 //! data `secret` = `whsec_<base64>`; optional data `previous` with annotation

@@ -245,9 +245,13 @@ impl Endpoint {
         }
     }
 
-    /// Takes a newer version of the object. Returns whether the Secret name changed.
+    /// Takes a newer version of the object. Returns whether the signing
+    /// Secret must be read again: another name, or a new key generation
+    /// reported by the controller in `status.secret` (a rotation).
     fn update(&self, wh: Arc<Webhook>) -> bool {
         let old_secret = self.secret_name();
+        let secret_status = |w: &Webhook| w.status.as_ref().and_then(|s| s.secret.clone());
+        let rotated = secret_status(&self.object()) != secret_status(&wh);
         let settings = Settings::from_webhook(&wh).map(Arc::new);
         if let Ok(new) = &settings {
             let old = self.settings().ok();
@@ -281,7 +285,7 @@ impl Endpoint {
         }
         *self.settings.write().expect("settings lock") = settings;
         *self.object.write().expect("object lock") = wh;
-        self.secret_name() != old_secret
+        rotated || self.secret_name() != old_secret
     }
 
     /// The latest object.
@@ -523,6 +527,16 @@ impl Registry {
             keep
         });
         report
+    }
+
+    /// How many endpoints there are.
+    pub fn len(&self) -> usize {
+        self.endpoints.read().expect("registry lock").len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Deliveries held in memory, over all endpoints.

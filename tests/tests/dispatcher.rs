@@ -109,6 +109,35 @@ impl Tenant {
     }
 }
 
+impl Tenant {
+    /// GETs `path` from the tenant's dispatcher Pod (its Pod IP, port 9090); the raw response.
+    async fn dispatcher_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+            self.client.clone(),
+            install::OPERATOR_NAMESPACE,
+        );
+        let selector = format!("hookline.dev/tenant={}", self.ns.name);
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        let ip = list
+            .items
+            .iter()
+            .find_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .expect("a dispatcher Pod with an IP");
+        let mut s = tokio::net::TcpStream::connect((ip.as_str(), 9090))
+            .await
+            .unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: {ip}\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+}
+
 fn event(id: &str, type_: &str, data: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(
         &json!({"id": id, "type": type_, "timestamp": "2026-11-23T12:00:00Z", "data": data}),
@@ -210,6 +239,18 @@ async fn an_event_reaches_the_receiver_signed_and_is_counted_in_the_status() {
         rx.requests("/fraud").len(),
         1,
         "account.opened is not subscribed to"
+    );
+
+    let metrics = t.dispatcher_get("/metrics").await;
+    let want = format!(
+        r#"hookline_dispatcher_deliveries_total{{namespace="{}",outcome="delivered",status_class="2xx",webhook="fraud"}} 1"#,
+        t.ns.name
+    );
+    assert!(metrics.contains(&want), "{want} in\n{metrics}");
+    assert!(
+        t.dispatcher_get("/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
     );
 }
 
@@ -581,5 +622,223 @@ async fn a_pending_retry_and_the_counters_survive_a_dispatcher_restart() {
         wh.status.unwrap().delivered,
         Some(2),
         "counted once each, across the restart"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_events_is_delivered_completely_and_in_order_per_key() {
+    use rdkafka::producer::FutureRecord;
+    let _dump = LogDump::new();
+    let t = tenant("dsp-burst").await;
+    let rx = Receiver::start().await.unwrap();
+    t.webhook(
+        "fraud",
+        &rx.url("/fraud"),
+        &["transaction.*"],
+        json!({"delivery": {"maxInFlight": 64}}),
+    )
+    .await;
+
+    const EVENTS: usize = 3000;
+    const KEYS: usize = 60;
+    let producer = kafka::producer(&t.env).unwrap();
+    let topic = t.topics().events;
+    let started = std::time::Instant::now();
+    let sends = (0..EVENTS).map(|i| {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        async move {
+            let key = format!("tx-{}", i % KEYS);
+            let value = event(&format!("evt_{i}"), "transaction.approved", json!({"i": i}));
+            let record = FutureRecord::to(&topic).key(&key).payload(&value);
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        }
+    });
+    for r in futures::future::join_all(sends).await {
+        r.unwrap();
+    }
+    let got = rx.wait_for("/fraud", EVENTS, WITHIN).await.unwrap();
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{EVENTS} events delivered in {elapsed:?} ({:.0}/s)",
+        EVENTS as f64 / elapsed.as_secs_f64()
+    );
+
+    let mut seen = std::collections::HashSet::new();
+    let mut last_per_key: std::collections::HashMap<usize, usize> =
+        std::collections::HashMap::new();
+    for r in &got {
+        let i: usize = r.header("webhook-id").unwrap()["evt_".len()..]
+            .parse()
+            .unwrap();
+        if !seen.insert(i) {
+            continue; // a repeat (at least once) is allowed
+        }
+        if let Some(prev) = last_per_key.insert(i % KEYS, i) {
+            assert!(
+                prev < i,
+                "key tx-{}: evt_{i} arrived after evt_{prev}",
+                i % KEYS
+            );
+        }
+    }
+    assert_eq!(seen.len(), EVENTS, "every event arrived");
+    t.wait_count("fraud", "delivered", i64::try_from(EVENTS).unwrap())
+        .await;
+}
+
+#[tokio::test]
+async fn a_slow_url_does_not_slow_delivery_to_the_others() {
+    use rdkafka::producer::FutureRecord;
+    let _dump = LogDump::new();
+    let t = tenant("dsp-isolation").await;
+    let rx = Receiver::start().await.unwrap();
+    rx.program(
+        "/slow",
+        Behavior {
+            delay: Duration::from_secs(30),
+            ..Behavior::default()
+        },
+    );
+    t.webhook(
+        "slow",
+        &rx.url("/slow"),
+        &["transaction.*"],
+        json!({"delivery": {"timeout": "2s", "maxInFlight": 4}}),
+    )
+    .await;
+    t.webhook("fast", &rx.url("/fast"), &["transaction.*"], json!({}))
+        .await;
+
+    const EVENTS: usize = 300;
+    let producer = kafka::producer(&t.env).unwrap();
+    let topic = t.topics().events;
+    let started = std::time::Instant::now();
+    let sends = (0..EVENTS).map(|i| {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        async move {
+            let value = event(&format!("evt_{i}"), "transaction.approved", json!({"i": i}));
+            let key = format!("tx-{i}");
+            let record = FutureRecord::to(&topic).key(&key).payload(&value);
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        }
+    });
+    for r in futures::future::join_all(sends).await {
+        r.unwrap();
+    }
+    rx.wait_for("/fast", EVENTS, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "the fast URL got everything in {elapsed:?}"
+    );
+    assert!(
+        !rx.requests("/slow").is_empty(),
+        "the slow URL is being tried meanwhile"
+    );
+}
+
+#[tokio::test]
+async fn after_a_rotation_deliveries_are_signed_with_both_keys() {
+    let _dump = LogDump::new();
+    let t = tenant("dsp-rotate").await;
+    let rx = Receiver::start().await.unwrap();
+    t.webhook("fraud", &rx.url("/fraud"), &["transaction.*"], json!({}))
+        .await;
+    let old = t.signing_key("fraud").await;
+
+    let patch = json!({"metadata": {"annotations": {"hookline.dev/rotate-secret": "r1"}}});
+    t.api
+        .patch("fraud", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait::until(WITHIN, "key generation 2 in status", || async {
+        let wh = t.api.get("fraud").await?;
+        Ok(wh
+            .status
+            .and_then(|s| s.secret)
+            .filter(|s| s.generation == 2)
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+    let new = t.signing_key("fraud").await;
+    assert_ne!(old, new);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    t.produce(
+        "tx-1",
+        &event("evt_rotated", "transaction.approved", json!({})),
+    )
+    .await;
+    let got = rx.wait_for("/fraud", 1, WITHIN).await.unwrap();
+    let sig = got[0].header("webhook-signature").unwrap();
+    assert_eq!(
+        sig.split(' ').count(),
+        2,
+        "two signatures during the overlap: {sig}"
+    );
+    verify(&new, &got[0]);
+    verify(&old, &got[0]);
+}
+
+#[tokio::test]
+async fn events_that_arrive_while_paused_are_delivered_after_the_resume() {
+    let _dump = LogDump::new();
+    let t = tenant("dsp-paused").await;
+    let rx = Receiver::start().await.unwrap();
+    t.webhook(
+        "fraud",
+        &rx.url("/fraud"),
+        &["transaction.*"],
+        json!({"paused": true}),
+    )
+    .await;
+
+    t.produce(
+        "tx-1",
+        &event("evt_paused", "transaction.approved", json!({})),
+    )
+    .await;
+    wait::until(WITHIN, "Delivering=False (Paused)", || async {
+        let wh = t.api.get("fraud").await?;
+        let paused = wh.status.is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == types::DELIVERING && c.status == "False" && c.reason == "Paused"
+            })
+        });
+        Ok(paused.then_some(()))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        rx.requests("/fraud").is_empty(),
+        "nothing is delivered while paused"
+    );
+
+    let patch = json!({"spec": {"paused": false}});
+    t.api
+        .patch("fraud", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let got = rx
+        .wait_for("/fraud", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(got[0].header("webhook-id"), Some("evt_paused"));
+    assert_eq!(
+        got[0].header("hookline-attempt"),
+        Some("1"),
+        "parking spends no attempt"
     );
 }

@@ -141,6 +141,9 @@ impl Pipeline {
                     if tier.is_some() {
                         retry_tps.push(tp.clone());
                     }
+                    // Records of a revoked partition are never handed over
+                    // after the revocation (librdkafka drops them), so what is
+                    // held here arrived for this assignment: keep it.
                     let held = self.parts.remove(tp).map(|p| p.held).unwrap_or_default();
                     self.parts.insert(
                         tp.clone(),

@@ -218,3 +218,28 @@ fn deliveries_to_a_paused_webhook_are_parked_longer_the_longer_it_is_paused() {
     reg.sync(&[Arc::new(a)]);
     assert!(e.paused_since.lock().unwrap().is_none());
 }
+
+#[test]
+fn a_rotation_reported_by_the_controller_asks_for_the_secret_again() {
+    use hookline_crds::SecretStatus;
+    let reg = Registry::new();
+    let mut a = basic("a");
+    reg.sync(&[Arc::new(a.clone())]);
+    bump(&mut a);
+    assert_eq!(
+        reg.sync(&[Arc::new(a.clone())]).secrets_to_load,
+        0,
+        "nothing changed"
+    );
+    a.status = Some(WebhookStatus {
+        secret: Some(SecretStatus {
+            name: "a-signing".into(),
+            generation: 2,
+            rotated_at: None,
+            previous_valid_until: None,
+        }),
+        ..WebhookStatus::default()
+    });
+    bump(&mut a);
+    assert_eq!(reg.sync(&[Arc::new(a)]).secrets_to_load, 1);
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `make bench`: the benchmarks of BENCHMARKS.md, from a fresh clone or a warm machine.
+#   1. tools into the cache (as `make test` does)
+#   2. the local environment, unless one is already up (then it is used and left running)
+#   3. release builds of hookline-dispatcher (the system under test) and hookline-bench
+#   4. hookline-bench with the given flags (`--quick` for a subset); results in bench/results/
+#   5. the environment stopped again if this script started it, also on failure
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HOOKLINE_CACHE="${HOOKLINE_CACHE:-$HOME/.cache/hookline}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOOKLINE_CACHE/target}"
+
+localenv/tools.sh
+if localenv/status.sh --quiet; then
+  echo "==> local environment already up; using it and leaving it running"
+else
+  echo "==> starting the local environment"
+  trap 'echo "==> stopping the local environment"; localenv/down.sh' EXIT
+  localenv/up.sh
+fi
+# The pod runner runs the controller (and the controller's own dispatchers) from the debug build.
+cargo build --locked -p hookline-controller -p hookline-dispatcher --bins
+cargo build --release --locked -p hookline-dispatcher -p hookline-bench
+"$CARGO_TARGET_DIR/release/hookline-bench" "$@"

@@ -1,0 +1,229 @@
+//! The output: the [`Report`] (machine, plan, build, every run of every
+//! point with its summary) is written as JSON under `bench/results/` and
+//! rendered as a human table ([`table`]) printed at the end and written next
+//! to the JSON.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::scenarios::{Plan, Point};
+use crate::stats::Spread;
+
+/// The machine the figures come from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// CPUs.
+    pub cpus: usize,
+    /// `/proc/cpuinfo` model name.
+    pub model: String,
+    /// Memory, MiB.
+    pub mem_mib: u64,
+    /// `uname -sr`.
+    pub kernel: String,
+    /// Load average when the benchmark started.
+    pub loadavg_start: String,
+}
+
+impl Machine {
+    /// Reads `/proc`.
+    pub fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_default();
+        let mem_mib = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kib| kib / 1024);
+        let kernel = std::process::Command::new("uname")
+            .arg("-sr")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        Machine {
+            cpus: crate::procstat::cpus(),
+            model,
+            mem_mib,
+            kernel,
+            loadavg_start: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        }
+    }
+}
+
+/// Everything a benchmark invocation found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// When it started (UTC).
+    pub started: String,
+    /// When it finished (UTC).
+    pub finished: String,
+    /// The command line.
+    pub command: String,
+    /// The machine.
+    pub machine: Machine,
+    /// The dispatcher binary measured.
+    pub dispatcher_bin: String,
+    /// `git describe --always --dirty` of the checkout.
+    pub git: String,
+    /// Extra dispatcher environment (tuning), if any.
+    pub dispatcher_env: Vec<(String, String)>,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Sizes and counts.
+    pub plan: Plan,
+    /// The points.
+    pub points: Vec<Point>,
+}
+
+fn fmt_spread(s: Option<&Spread>, unit: &str, prec: usize) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s.runs.len() <= 1 => format!("{:.prec$}{unit}", s.median),
+        Some(s) => format!(
+            "{:.prec$}{unit} [{:.prec$}–{:.prec$}]",
+            s.median, s.min, s.max
+        ),
+    }
+}
+
+fn med(p: &Point, k: &str) -> Option<f64> {
+    p.summary.get(k).map(|s| s.median)
+}
+
+/// The human table.
+pub fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Hookline benchmark — {} — {} × {} ({} MiB), {} — git {}",
+        r.started, r.machine.cpus, r.machine.model, r.machine.mem_mib, r.machine.kernel, r.git
+    );
+    let _ = writeln!(
+        out,
+        "dispatcher: {}   runs per point: {} (median [min–max])",
+        r.dispatcher_bin, r.plan.runs
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<10} {:<40} {:<44} {:<26} {:<18} {}",
+        "scenario",
+        "point",
+        "hookline",
+        "baseline",
+        "ratio",
+        "cores: dispatcher / kafka / bench (machine) · RSS peak"
+    );
+    for p in &r.points {
+        let (h, b) = match p.kind.as_str() {
+            "latency" => (
+                format!(
+                    "p50 {} p99 {} max {}",
+                    fmt_spread(p.summary.get("p50_ms"), "", 2),
+                    fmt_spread(p.summary.get("p99_ms"), "", 1),
+                    fmt_spread(p.summary.get("max_ms"), " ms", 0)
+                ),
+                if p.summary.contains_key("baseline_p50_ms") {
+                    format!(
+                        "p50 {} p99 {} ms",
+                        fmt_spread(p.summary.get("baseline_p50_ms"), "", 2),
+                        fmt_spread(p.summary.get("baseline_p99_ms"), "", 1)
+                    )
+                } else {
+                    "-".into()
+                },
+            ),
+            _ => (
+                fmt_spread(p.summary.get("rate"), "/s", 0),
+                fmt_spread(p.summary.get("baseline_rate"), "/s", 0),
+            ),
+        };
+        let cpu = format!(
+            "{:.2} / {:.2} / {:.2} ({:.2}) · {:.0} MiB",
+            med(p, "dispatcher_cores").unwrap_or(0.0),
+            med(p, "kafka_cores").unwrap_or(0.0),
+            med(p, "bench_cores").unwrap_or(0.0),
+            med(p, "machine_cores").unwrap_or(0.0),
+            med(p, "rss_peak_mib").unwrap_or(0.0),
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:<40} {:<44} {:<26} {:<18} {}",
+            p.scenario,
+            p.name,
+            h,
+            b,
+            fmt_spread(p.summary.get("ratio"), "", 2),
+            cpu
+        );
+        let mut extra = Vec::new();
+        if let Some(v) = med(p, "dispatcher_cpu_ms_per_1k") {
+            extra.push(format!("dispatcher {v:.0} CPU-ms per 1,000 deliveries"));
+        }
+        if let Some(v) = med(p, "idle_dispatcher_cores") {
+            extra.push(format!("idle {:.1}% of a core", v * 100.0));
+        }
+        if let Some(v) = med(p, "rss_idle_mib") {
+            extra.push(format!("idle RSS {v:.0} MiB"));
+        }
+        if let Some(s) = p.summary.get("controller_ready_s") {
+            extra.push(format!(
+                "controller: all Ready in {}",
+                fmt_spread(Some(s), " s", 1)
+            ));
+        }
+        if let Some(s) = p.summary.get("drain_after_return_s") {
+            extra.push(format!(
+                "drained {} after the receiver returned",
+                fmt_spread(Some(s), " s", 1)
+            ));
+        }
+        if let Some(v) = med(p, "postponed").filter(|v| *v > 0.0) {
+            extra.push(format!("{v:.0} written to retry topics"));
+        }
+        if let Some(v) = med(p, "duplicates").filter(|v| *v > 0.0) {
+            extra.push(format!("{v:.0} duplicates"));
+        }
+        if p.kind == "latency" && p.summary.contains_key("rate") {
+            extra.push(format!(
+                "throughput {}",
+                fmt_spread(p.summary.get("rate"), "/s", 0)
+            ));
+        }
+        if !extra.is_empty() {
+            let _ = writeln!(out, "{:<10} {:<40} {}", "", "", extra.join(" · "));
+        }
+        for n in &p.notes {
+            let _ = writeln!(out, "{:<10} {:<40} note: {n}", "", "");
+        }
+    }
+    out
+}
+
+/// Writes `<dir>/<stamp>.json`, `<dir>/<stamp>.txt` and `<dir>/latest.{json,txt}`.
+///
+/// # Errors
+/// When the files cannot be written.
+pub fn write(r: &Report, dir: &Path, stamp: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(r)?;
+    let text = table(r);
+    let (jp, tp) = (
+        dir.join(format!("{stamp}.json")),
+        dir.join(format!("{stamp}.txt")),
+    );
+    std::fs::write(&jp, &json)?;
+    std::fs::write(&tp, &text)?;
+    std::fs::write(dir.join("latest.json"), &json)?;
+    std::fs::write(dir.join("latest.txt"), &text)?;
+    Ok((jp, tp))
+}
