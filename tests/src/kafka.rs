@@ -31,6 +31,17 @@ pub struct Record {
     pub offset: i64,
 }
 
+impl Record {
+    /// The last value of header `name` as text (Hookline's own headers are UTF-8).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
 fn base_config(env: &Env) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &env.kafka_bootstrap);

@@ -10,6 +10,7 @@
 pub mod crd;
 pub mod install;
 pub mod kafka;
+pub mod python;
 pub mod receiver;
 pub mod wait;
 
@@ -178,6 +179,30 @@ impl Env {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
+    }
+
+    /// A client acting as ServiceAccount `sa` of namespace `ns`, with a 10-minute token from
+    /// the TokenRequest API: exactly that account's RBAC applies.
+    ///
+    /// # Errors
+    /// When the account does not exist or no token can be issued.
+    pub async fn client_as(&self, admin: &Client, ns: &str, sa: &str) -> anyhow::Result<Client> {
+        use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
+        let tr: TokenRequest = serde_json::from_value(
+            serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 600}}),
+        )?;
+        let token = Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+            .create_token_request(sa, &PostParams::default(), &tr)
+            .await?
+            .status
+            .context("no token issued")?
+            .token;
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let mut config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        config.auth_info = Default::default();
+        config.auth_info.token = Some(token.into());
+        Ok(Client::try_from(config)?)
     }
 
     /// An admin client for the API server.

@@ -1,9 +1,10 @@
 //! A recording HTTP receiver for tests: a real hyper server on a loopback port whose answer is
-//! programmable per path (status code, delay, `Retry-After`, body size) and which records every
-//! request (method, path, headers, body, arrival time) for the test to inspect.
+//! programmable per path (status code, delay, `Retry-After`, body size, a deterministic share of
+//! failures, a script for the first requests) and which records every request (method, path,
+//! headers, body, arrival time, the status it was answered with) for the test to inspect.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
 
 /// How the receiver answers requests to one path.
@@ -27,6 +29,26 @@ pub struct Behavior {
     pub retry_after: Option<String>,
     /// Size of the response body in bytes.
     pub body_size: usize,
+    /// Which requests fail instead: they are answered `fail_status` at once (no delay, no
+    /// `Retry-After`, empty body). Counted per path from when the behavior was programmed.
+    pub fail: Option<FailPattern>,
+    /// The status of a failed request (503 by default).
+    pub fail_status: u16,
+}
+
+/// A deterministic choice of the requests to a path that fail.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FailPattern {
+    /// The `n`th, `2n`th, `3n`th … request (`n` of 0 or 1 fails every request).
+    Every(u32),
+    /// Each request with probability `ratio`, drawn from a generator seeded with `seed`: the same
+    /// sequence of answers on every run.
+    Ratio {
+        /// Share of requests that fail, in `0.0..=1.0`.
+        ratio: f64,
+        /// Seed of the generator.
+        seed: u64,
+    },
 }
 
 impl Default for Behavior {
@@ -36,6 +58,8 @@ impl Default for Behavior {
             delay: Duration::ZERO,
             retry_after: None,
             body_size: 0,
+            fail: None,
+            fail_status: 503,
         }
     }
 }
@@ -45,6 +69,22 @@ impl Behavior {
     pub fn status(status: u16) -> Behavior {
         Behavior {
             status,
+            ..Behavior::default()
+        }
+    }
+
+    /// Answer 200, except `fail_status` (503) to every `n`th request.
+    pub fn fail_every(n: u32) -> Behavior {
+        Behavior {
+            fail: Some(FailPattern::Every(n)),
+            ..Behavior::default()
+        }
+    }
+
+    /// Answer 200, except `fail_status` (503) to a seeded-random `ratio` of the requests.
+    pub fn fail_ratio(ratio: f64, seed: u64) -> Behavior {
+        Behavior {
+            fail: Some(FailPattern::Ratio { ratio, seed }),
             ..Behavior::default()
         }
     }
@@ -63,6 +103,8 @@ pub struct Recorded {
     pub body: Bytes,
     /// Wall-clock arrival time.
     pub at: SystemTime,
+    /// The status it was (or, after the programmed delay, will be) answered with.
+    pub status: u16,
 }
 
 impl Recorded {
@@ -87,7 +129,40 @@ impl Recorded {
 #[derive(Default)]
 struct State {
     behaviors: HashMap<String, Behavior>,
+    /// Per path: behaviors for the next requests, one each, before `behaviors` applies.
+    scripts: HashMap<String, VecDeque<Behavior>>,
+    /// Per path: requests answered by `behaviors` since it was programmed, and the generator of
+    /// a [`FailPattern::Ratio`].
+    counters: HashMap<String, (u64, Option<StdRng>)>,
+    /// Per path: requests answered or abandoned (see [`Receiver::finished`]).
+    finished: HashMap<String, usize>,
     requests: Vec<Recorded>,
+}
+
+impl State {
+    /// The behavior for the next request to `path`, with its fail pattern already applied.
+    fn next(&mut self, path: &str) -> Behavior {
+        if let Some(b) = self.scripts.get_mut(path).and_then(VecDeque::pop_front) {
+            return b;
+        }
+        let behavior = self.behaviors.get(path).cloned().unwrap_or_default();
+        let Some(pattern) = behavior.fail else {
+            return behavior;
+        };
+        let (count, rng) = self.counters.entry(path.to_owned()).or_default();
+        *count += 1;
+        let fails = match pattern {
+            FailPattern::Every(n) => *count % u64::from(n.max(1)) == 0,
+            FailPattern::Ratio { ratio, seed } => rng
+                .get_or_insert_with(|| StdRng::seed_from_u64(seed))
+                .random_bool(ratio.clamp(0.0, 1.0)),
+        };
+        if fails {
+            Behavior::status(behavior.fail_status)
+        } else {
+            behavior
+        }
+    }
 }
 
 /// The running receiver; stops when dropped.
@@ -141,13 +216,33 @@ impl Receiver {
         self.addr
     }
 
-    /// Sets how `path` answers from now on.
+    /// Sets how `path` answers from now on (and restarts the count of its fail pattern).
     pub fn program(&self, path: &str, behavior: Behavior) {
+        let mut st = self.state.lock().expect("receiver state");
+        st.counters.remove(path);
+        st.scripts.remove(path);
+        st.behaviors.insert(path.to_owned(), behavior);
+    }
+
+    /// The next requests to `path` are answered by `first`, one behavior each, in order; the
+    /// ones after them by `then` (as [`Receiver::program`] sets it).
+    pub fn program_script(&self, path: &str, first: Vec<Behavior>, then: Behavior) {
+        let mut st = self.state.lock().expect("receiver state");
+        st.counters.remove(path);
+        st.behaviors.insert(path.to_owned(), then);
+        st.scripts.insert(path.to_owned(), first.into());
+    }
+
+    /// How many requests to `path` are over: answered after their delay, or given up by the
+    /// client while the receiver was still waiting to answer.
+    pub fn finished(&self, path: &str) -> usize {
         self.state
             .lock()
             .expect("receiver state")
-            .behaviors
-            .insert(path.to_owned(), behavior);
+            .finished
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Every request to `path` so far, in arrival order.
@@ -197,6 +292,16 @@ impl Drop for Receiver {
     }
 }
 
+struct Finished(Arc<Mutex<State>>, String);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.0.lock() {
+            *st.finished.entry(std::mem::take(&mut self.1)).or_default() += 1;
+        }
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
@@ -223,16 +328,20 @@ async fn handle(
         .unwrap_or_default();
     let behavior = {
         let mut st = state.lock().expect("receiver state");
+        let behavior = st.next(&path);
         st.requests.push(Recorded {
             method,
             path: path.clone(),
             headers,
             body,
             at,
+            status: behavior.status,
         });
-        st.behaviors.get(&path).cloned().unwrap_or_default()
+        behavior
     };
     arrived.notify_waiters();
+    // Counts the request as finished when this future completes or is dropped.
+    let _finished = Finished(state, path);
     if !behavior.delay.is_zero() {
         tokio::time::sleep(behavior.delay).await;
     }
@@ -294,6 +403,43 @@ mod tests {
         assert_eq!(got[0].json().unwrap()["a"], 1);
         assert_eq!(rx.requests("/ok").len(), 1);
         assert_eq!(rx.all_requests().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn fail_patterns_and_scripts_choose_which_requests_fail() {
+        let rx = Receiver::start().await.unwrap();
+        rx.program("/every", Behavior::fail_every(3));
+        rx.program_script(
+            "/script",
+            vec![Behavior::status(503), Behavior::status(429)],
+            Behavior::status(204),
+        );
+        rx.program("/ratio", Behavior::fail_ratio(0.5, 7));
+        for _ in 0..6 {
+            raw_post(rx.addr(), "/every", "").await;
+        }
+        for _ in 0..3 {
+            raw_post(rx.addr(), "/script", "").await;
+        }
+        for _ in 0..40 {
+            raw_post(rx.addr(), "/ratio", "").await;
+        }
+        let statuses = |path: &str| rx.requests(path).iter().map(|r| r.status).collect::<Vec<_>>();
+        assert_eq!(statuses("/every"), [200, 200, 503, 200, 200, 503]);
+        assert_eq!(statuses("/script"), [503, 429, 204]);
+        let ratio = statuses("/ratio");
+        let failed = ratio.iter().filter(|s| **s == 503).count();
+        assert!((5..=35).contains(&failed), "{ratio:?}");
+        assert_eq!(rx.finished("/every"), 6);
+
+        // The same seed gives the same answers.
+        let again = Receiver::start().await.unwrap();
+        again.program("/ratio", Behavior::fail_ratio(0.5, 7));
+        for _ in 0..40 {
+            raw_post(again.addr(), "/ratio", "").await;
+        }
+        let again: Vec<u16> = again.requests("/ratio").iter().map(|r| r.status).collect();
+        assert_eq!(ratio, again);
     }
 
     #[tokio::test]

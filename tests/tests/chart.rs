@@ -151,3 +151,90 @@ fn a_typo_in_values_fails_with_a_message_naming_it() {
         .to_string();
     assert!(err.contains("kafka.bootstrapServers is required"), "{err}");
 }
+
+#[tokio::test]
+async fn namespace_editors_manage_webhooks_there_viewers_only_read_and_nobody_else_touches_them() {
+    use hookline_crds::Webhook;
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let _dump = LogDump::new();
+    let env = Env::get().unwrap();
+    let client = env.client().await.unwrap();
+    install::controller(&env, &client).await.unwrap();
+    let mine = hookline_tests::TestNamespace::create(&env, &client, "tenant-a")
+        .await
+        .unwrap();
+    let theirs = hookline_tests::TestNamespace::create(&env, &client, "tenant-b")
+        .await
+        .unwrap();
+    // The built-in roles a platform hands out: `edit` and `view`, bound in one namespace.
+    for (who, role) in [("editor", "edit"), ("viewer", "view")] {
+        let rb: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": who},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": who, "namespace": mine.name}]
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(client.clone(), &mine.name)
+            .create(&Default::default(), &rb)
+            .await
+            .unwrap();
+    }
+    for who in ["editor", "viewer"] {
+        let sa: k8s_openapi::api::core::v1::ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": who}})).unwrap();
+        Api::namespaced(client.clone(), &mine.name)
+            .create(&Default::default(), &sa)
+            .await
+            .unwrap();
+    }
+    let editor = env.client_as(&client, &mine.name, "editor").await.unwrap();
+    let viewer = env.client_as(&client, &mine.name, "viewer").await.unwrap();
+    let wh = |name: &str| -> Webhook {
+        serde_json::from_value(json!({"apiVersion": "hookline.dev/v1alpha1", "kind": "Webhook", "metadata": {"name": name},
+            "spec": {"url": "https://hooks.example.com/x", "eventTypes": ["a.b"]}}))
+        .unwrap()
+    };
+    let forbidden = |e: kube::Error| matches!(e, kube::Error::Api(s) if s.code == 403);
+
+    // The aggregation controller folds hookline-edit into `edit` shortly after install.
+    wait::until(
+        Duration::from_secs(60),
+        "editor may create Webhooks in its namespace",
+        || async {
+            Ok(Api::<Webhook>::namespaced(editor.clone(), &mine.name)
+                .create(&Default::default(), &wh("by-editor"))
+                .await
+                .ok()
+                .map(|_| ()))
+        },
+    )
+    .await
+    .unwrap();
+    let listed = Api::<Webhook>::namespaced(viewer.clone(), &mine.name)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.items.len(),
+        1,
+        "the viewer reads the namespace's Webhooks"
+    );
+    let err = Api::<Webhook>::namespaced(viewer, &mine.name)
+        .create(&Default::default(), &wh("by-viewer"))
+        .await
+        .unwrap_err();
+    assert!(forbidden(err), "a viewer may not create Webhooks");
+    let err = Api::<Webhook>::namespaced(editor.clone(), &theirs.name)
+        .create(&Default::default(), &wh("elsewhere"))
+        .await
+        .unwrap_err();
+    assert!(
+        forbidden(err),
+        "an editor of one namespace may not create Webhooks in another"
+    );
+    let err = Api::<Webhook>::namespaced(editor, &theirs.name)
+        .list(&Default::default())
+        .await
+        .unwrap_err();
+    assert!(forbidden(err), "nor read them");
+}

@@ -10,14 +10,12 @@ use hookline_crds::{Webhook, conditions::types, naming};
 use hookline_tests::{Env, LogDump, TestNamespace, install, wait};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    authentication::v1::TokenRequest,
     core::v1::{Event, Secret, ServiceAccount},
     rbac::v1::Role,
 };
 use kube::{
-    Api, Client, Config,
+    Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use rdkafka::{
     ClientConfig,
@@ -409,25 +407,6 @@ async fn rotation_makes_a_new_key_and_keeps_the_previous_one_valid() {
     assert_eq!(condition(&wh, types::SECRET_READY).unwrap().0, "True");
 }
 
-async fn client_as(env: &Env, admin: &Client, sa_ns: &str, sa: &str) -> Client {
-    let tr: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}}))
-            .unwrap();
-    let tr = Api::<ServiceAccount>::namespaced(admin.clone(), sa_ns)
-        .create_token_request(sa, &PostParams::default(), &tr)
-        .await
-        .unwrap();
-    let mut config = Config::from_custom_kubeconfig(
-        Kubeconfig::read_from(&env.kubeconfig).unwrap(),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    config.auth_info = Default::default();
-    config.auth_info.token = Some(tr.status.unwrap().token.into());
-    Client::try_from(config).unwrap()
-}
-
 #[tokio::test]
 async fn dispatcher_identity_reads_its_tenant_only_and_only_its_signing_secrets() {
     let _dump = LogDump::new();
@@ -476,7 +455,10 @@ async fn dispatcher_identity_reads_its_tenant_only_and_only_its_signing_secrets(
     // Each direction: a tenant's dispatcher reads its own Webhooks and signing Secret, and
     // nothing else: not an unrelated Secret of its tenant, nothing of the other tenant.
     for (mine, theirs) in [(&ns.name, &other.name), (&other.name, &ns.name)] {
-        let disp = client_as(&env, &client, OP, &naming::dispatcher(mine)).await;
+        let disp = env
+            .client_as(&client, OP, &naming::dispatcher(mine))
+            .await
+            .unwrap();
         // The RoleBinding lands just after the Role; wait until the grant is in effect.
         wait::until(
             Duration::from_secs(30),

@@ -4,26 +4,11 @@
 
 use hookline_tests::{Env, LogDump, TestNamespace};
 use k8s_openapi::api::{
-    authentication::v1::TokenRequest,
     core::v1::{Secret, ServiceAccount},
     rbac::v1::{Role, RoleBinding},
 };
-use kube::{
-    Api, Client, Config,
-    api::PostParams,
-    config::{KubeConfigOptions, Kubeconfig},
-};
+use kube::{Api, api::PostParams};
 use serde_json::json;
-
-async fn client_with_token(env: &Env, token: &str) -> Client {
-    let kubeconfig = Kubeconfig::read_from(&env.kubeconfig).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    config.auth_info = Default::default();
-    config.auth_info.token = Some(token.to_string().into());
-    Client::try_from(config).unwrap()
-}
 
 #[tokio::test]
 async fn identity_bound_to_one_namespace_cannot_read_secrets_of_another() {
@@ -70,15 +55,7 @@ async fn identity_bound_to_one_namespace_cannot_read_secrets_of_another() {
         .await
         .unwrap();
 
-    let tr: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}}))
-            .unwrap();
-    let tr = Api::<ServiceAccount>::namespaced(admin.clone(), &mine.name)
-        .create_token_request("tenant", &pp, &tr)
-        .await
-        .unwrap();
-    let token = tr.status.expect("token issued").token;
-    let tenant = client_with_token(&env, &token).await;
+    let tenant = env.client_as(&admin, &mine.name, "tenant").await.unwrap();
 
     let own = Api::<Secret>::namespaced(tenant.clone(), &mine.name)
         .get("s")

@@ -9,6 +9,7 @@
 //!   followed: dead-lettered `redirect_not_followed`, and 127.0.0.1 never sees a request;
 //! - a record over `--max-record-bytes` is dead-lettered `too_large`, and the event after it
 //!   is still handled.
+//!
 //! No traffic leaves loopback: the refusal of private and public ranges is proven by the unit
 //! tests of `hookline_dispatcher::ssrf`.
 
@@ -73,14 +74,6 @@ fn event(id: &str) -> Vec<u8> {
         &json!({"id": id, "type": "a.b", "timestamp": "2026-11-23T12:00:00Z", "data": {"n": 1}}),
     )
     .unwrap()
-}
-
-fn header<'a>(r: &'a kafka::Record, name: &str) -> Option<&'a str> {
-    r.headers
-        .iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
 #[tokio::test]
@@ -179,8 +172,8 @@ async fn loopback_named_and_redirected_targets_are_refused_without_an_allow_list
         .iter()
         .map(|r| {
             (
-                header(r, "hookline-webhook").unwrap_or("-").to_owned(),
-                header(r, "hookline-reason").unwrap_or("?").to_owned(),
+                r.header("hookline-webhook").unwrap_or("-").to_owned(),
+                r.header("hookline-reason").unwrap_or("?").to_owned(),
             )
         })
         .collect();
