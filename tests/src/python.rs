@@ -63,7 +63,14 @@ pub fn venv() -> anyhow::Result<PathBuf> {
     }
     run(
         Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
             .arg(requirements()),
         &format!(
             "pip install -r {} into {} (it needs PyPI; run it by hand to see more)",

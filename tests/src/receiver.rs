@@ -424,7 +424,12 @@ mod tests {
         for _ in 0..40 {
             raw_post(rx.addr(), "/ratio", "").await;
         }
-        let statuses = |path: &str| rx.requests(path).iter().map(|r| r.status).collect::<Vec<_>>();
+        let statuses = |path: &str| {
+            rx.requests(path)
+                .iter()
+                .map(|r| r.status)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(statuses("/every"), [200, 200, 503, 200, 200, 503]);
         assert_eq!(statuses("/script"), [503, 429, 204]);
         let ratio = statuses("/ratio");
