@@ -36,7 +36,7 @@ trap cleanup EXIT
 step "3/8 local environment (etcd, kube-apiserver, kube-controller-manager, Kafka, pod runner)"
 if localenv/status.sh --quiet; then echo "already up; leaving it running afterwards"; else started_env=1; localenv/up.sh; fi
 # shellcheck disable=SC1091
-source "$HOOKLINE_CACHE/run/env.sh"
+source "${HOOKLINE_RUN_DIR:-$HOOKLINE_CACHE/run}/env.sh"
 
 step "4/8 Python packages for the example (standardwebhooks, confluent-kafka) into $HOOKLINE_CACHE/venv"
 if [[ ! -x $HOOKLINE_CACHE/venv/bin/python ]]; then python3 -m venv "$HOOKLINE_CACHE/venv"; fi

@@ -10,6 +10,8 @@
 #
 # Environment knobs:
 #   HOOKLINE_CACHE, HOOKLINE_RUN_DIR   cache and run directory (default ~/.cache/hookline{,/run})
+#   HOOKLINE_POD_IP_BASE               loopback /16 the pod runner gives Pods IPs from (default 127.1);
+#                                      a second environment beside the first needs another (e.g. 127.2)
 #   HOOKLINE_SKIP_PODRUNNER=1          do not build/start the pod runner
 #   HOOKLINE_BIN_DIR                   where the pod runner finds ghcr.io/hookline/* binaries
 #                                      (default $CARGO_TARGET_DIR/debug)
@@ -315,7 +317,8 @@ $out" "fix the build, or set HOOKLINE_SKIP_PODRUNNER=1 to start without it"
     --node-name "$NODE_NAME" \
     --state-dir "$RUN/pods" \
     --image-map "ghcr.io/hookline/=${HOOKLINE_BIN_DIR:-$CARGO_TARGET_DIR/debug}" \
-    --host-image hookline.test/
+    --host-image hookline.test/ \
+    --pod-ip-base "${HOOKLINE_POD_IP_BASE:-127.1}"
   wait_for hookline-podrunner "node $NODE_NAME to be Ready" 60 node_ready
   ok "pod runner ready (node $NODE_NAME Ready)"
 }
