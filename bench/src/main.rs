@@ -10,7 +10,7 @@ use hookline_bench::cluster::{self, Env};
 use hookline_bench::report::{self, Machine, Report};
 use hookline_bench::runner::Bench;
 use hookline_bench::scenarios::{self, Ctx, PORTS, Plan};
-use hookline_bench::sink::Sink;
+use hookline_bench::sink::{Mode, Sink};
 
 /// Benchmarks Hookline's delivery path against a raw-client baseline.
 #[derive(Parser, Debug)]
@@ -145,6 +145,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     );
     let machine = Machine::read();
     let sink = Sink::start(PORTS).await?;
+    sink.set_mode(scenarios::BLACKHOLE_PORT, Mode::Blackhole)
+        .await?;
     let mut bench = Bench::new(
         env.clone(),
         sink,

@@ -1,6 +1,6 @@
 //! Where the cores go, from `/proc`: a [`Snapshot`] reads the CPU ticks of
 //! each watched process (in total and per thread, grouped by thread name:
-//! `rdk:*` threads are librdkafka's, the rest the process's own), the RSS of
+//! `rdk:*` threads are librdkafka's, tokio workers, the main thread; see [`thread_group`]), the RSS of
 //! each, and the machine's busy/total ticks. Two snapshots give a [`CpuSplit`]
 //! in CPU-seconds and in cores over the interval between them.
 //!
@@ -42,14 +42,23 @@ fn process_ticks(pid: u32) -> Option<u64> {
     parse_stat(&text).map(|(_, t)| t)
 }
 
-/// The group a thread's CPU is counted in.
+/// The group a thread's CPU is counted in: `librdkafka` (its `rdk:*` threads and
+/// rust-rdkafka's producer polling thread), `workers` (tokio worker threads of the
+/// dispatcher; the sink and baseline client in the bench process), `producer` (the
+/// bench's producing thread), `main` (everything else: the dispatcher's main thread
+/// runs its pipeline loop).
 pub fn thread_group(comm: &str) -> &'static str {
-    if comm.starts_with("rdk:") {
+    if comm.starts_with("rdk:") || comm.starts_with("producer poll") {
         "librdkafka"
     } else if comm.starts_with("bench-producer") {
         "producer"
+    } else if comm.starts_with("tokio-runtime-w")
+        || comm.starts_with("tokio-rt-worker")
+        || comm.starts_with("bench-rt")
+    {
+        "workers"
     } else {
-        "own"
+        "main"
     }
 }
 
@@ -141,7 +150,7 @@ pub struct ProcCpu {
     pub cpu_s: f64,
     /// Average cores busy (`cpu_s / wall_s`).
     pub cores: f64,
-    /// Cores by thread group (`own`, `librdkafka`, `producer`).
+    /// Cores by thread group ([`thread_group`]).
     pub threads: BTreeMap<String, f64>,
 }
 

@@ -115,13 +115,8 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<10} {:<40} {:<44} {:<26} {:<18} {}",
-        "scenario",
-        "point",
-        "hookline",
-        "baseline",
-        "ratio",
-        "cores: dispatcher / kafka / bench (machine) · RSS peak"
+        "{:<10} {:<40} {:<44} {:<26} {:<18} cores: dispatcher / kafka / bench (machine) · RSS peak",
+        "scenario", "point", "hookline", "baseline", "ratio"
     );
     for p in &r.points {
         let (h, b) = match p.kind.as_str() {
@@ -141,6 +136,14 @@ pub fn table(r: &Report) -> String {
                 } else {
                     "-".into()
                 },
+            ),
+            "recovery" => (
+                format!(
+                    "all in {} after return ({})",
+                    fmt_spread(p.summary.get("drain_after_return_s"), " s", 1),
+                    fmt_spread(p.summary.get("drain_rate"), "/s", 0)
+                ),
+                "-".into(),
             ),
             _ => (
                 fmt_spread(p.summary.get("rate"), "/s", 0),

@@ -213,11 +213,16 @@ impl Perf {
             .arg("-o")
             .arg(dir.join(format!("{run}.perf.data")))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join(format!("{run}.perf.log")))
+                    .map_or_else(|_| std::process::Stdio::null(), std::process::Stdio::from),
+            )
             .spawn();
         if let Err(e) = &child {
             eprintln!("  perf record could not start: {e}");
         }
+        // Let perf attach before the load starts (an early SIGINT leaves an empty file).
+        std::thread::sleep(std::time::Duration::from_secs(1));
         Perf(child.ok())
     }
 
@@ -617,13 +622,14 @@ impl Bench {
         s: &Setup,
         port: usize,
         events: usize,
+        down: Duration,
         limit: Duration,
     ) -> anyhow::Result<RunResult> {
         let run = self.next_run();
         let topics = RunTopics::new(&s.ns, &run);
         topics.create(&self.env, self.partitions).await?;
         let result = self
-            .recovery_inner(s, port, events, limit, &run, &topics)
+            .recovery_inner(s, port, events, (down, limit), &run, &topics)
             .await;
         let _ = self.sink.set_mode(port, crate::sink::Mode::Ok).await;
         topics.delete(&self.env).await;
@@ -635,7 +641,7 @@ impl Bench {
         s: &Setup,
         port: usize,
         events: usize,
-        limit: Duration,
+        (down, limit): (Duration, Duration),
         run: &str,
         topics: &RunTopics,
     ) -> anyhow::Result<RunResult> {
@@ -644,6 +650,7 @@ impl Bench {
         self.sink.set_recorder(rec.clone());
         self.sink.set_mode(port, crate::sink::Mode::Down).await?;
         let (mut d, ready_s) = self.start_dispatcher(s, topics, run).await?;
+        let down_since = Instant::now();
         let mut r = RunResult {
             system: "hookline".into(),
             run: run.to_owned(),
@@ -656,7 +663,10 @@ impl Bench {
             producer::produce_max(&p, &topic, &shape, 0, events, Duration::from_secs(180))
         })
         .await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Down for `down` at least, and 2 s after the last event at least.
+        let until = (down_since + down).max(Instant::now() + Duration::from_secs(2));
+        tokio::time::sleep_until(until.into()).await;
+        let down_s = down_since.elapsed().as_secs_f64();
         let before = d.counters().await.ok();
         self.sink.set_mode(port, crate::sink::Mode::Ok).await?;
         let up_us = clock::now_us();
@@ -673,7 +683,7 @@ impl Bench {
         let drain_s = last.saturating_sub(up_us) as f64 / 1e6;
         r.notes.push(format!(
             "receiver down for {:.1} s while {} events were produced; all delivered {:.1} s after it came back ({:.0} events/s overall)",
-            produced.elapsed_s + 2.0,
+            down_s,
             produced.acked,
             drain_s,
             r.delivered as f64 / drain_s.max(1e-3)

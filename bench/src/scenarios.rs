@@ -66,6 +66,8 @@ pub struct Plan {
     pub drain_limit_s: u64,
     /// Bound on a recovery drain.
     pub recovery_limit_s: u64,
+    /// Scenario 6: how long the receiver stays down at least.
+    pub recovery_down_s: u64,
     /// `spec.delivery.maxInFlight` of the healthy webhooks (default: unset, i.e. 32).
     pub max_in_flight: Option<usize>,
 }
@@ -89,6 +91,7 @@ impl Plan {
             recovery_events: 100_000,
             drain_limit_s: 120,
             recovery_limit_s: 300,
+            recovery_down_s: 20,
             max_in_flight: None,
         }
     }
@@ -108,6 +111,7 @@ impl Plan {
             recovery_events: 10_000,
             drain_limit_s: 60,
             recovery_limit_s: 120,
+            recovery_down_s: 10,
             ..Plan::full()
         }
     }
@@ -232,6 +236,13 @@ impl Point {
         put("rss_peak_mib", of(h, &|r| r.rss_peak_mib));
         put("ready_s", of(h, &|r| r.ready_s));
         put("drain_after_return_s", of(h, &|r| r.drain_after_return_s));
+        put(
+            "drain_rate",
+            of(h, &|r| {
+                r.drain_after_return_s
+                    .map(|d| r.delivered as f64 / d.max(1e-3))
+            }),
+        );
         put("duplicates", of(h, &|r| Some(r.duplicates as f64)));
         put(
             "retried_arrivals",
@@ -500,7 +511,6 @@ async fn latency(ctx: &Ctx<'_>, out: &mut Vec<Point>, isolation: bool) -> anyhow
 
 /// Scenario 3.
 async fn fan_out(ctx: &Ctx<'_>, out: &mut Vec<Point>) -> anyhow::Result<()> {
-    let sink = &ctx.bench.sink;
     for &f in &ctx.plan.fanouts {
         let d = defs(ctx, f, |_| vec!["bench.*".into()], true);
         let t = tenant(ctx, &format!("fan{f}"), &d).await?;
@@ -522,7 +532,6 @@ async fn fan_out(ctx: &Ctx<'_>, out: &mut Vec<Point>) -> anyhow::Result<()> {
 
 /// Scenario 5.
 async fn scale(ctx: &Ctx<'_>, out: &mut Vec<Point>) -> anyhow::Result<()> {
-    let sink = &ctx.bench.sink;
     let n = ctx.plan.scale_webhooks;
     let d = defs(ctx, n, |i| vec![format!("bench.w{i:04}")], false);
     let t = Tenant::create(&ctx.client, "scale").await?;
@@ -589,7 +598,7 @@ async fn recovery(ctx: &Ctx<'_>, out: &mut Vec<Point>) -> anyhow::Result<()> {
     let mut p = Point::new(
         "recovery",
         name,
-        "rate",
+        "recovery",
         json!({"events": events, "value_bytes": 1024}),
     );
     for _ in 0..ctx.plan.runs {
@@ -599,6 +608,7 @@ async fn recovery(ctx: &Ctx<'_>, out: &mut Vec<Point>) -> anyhow::Result<()> {
                 &s,
                 RECOVERY_PORT,
                 events,
+                Duration::from_secs(ctx.plan.recovery_down_s),
                 Duration::from_secs(ctx.plan.recovery_limit_s),
             )
             .await
@@ -632,6 +642,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Vec<Point> {
             6 => recovery(ctx, &mut out).await,
             _ => Ok(()),
         };
+        compare_isolation(&mut out);
         if let Err(e) = result {
             eprintln!("scenario {sc} failed: {e:#}");
             out.push(Point {
@@ -643,4 +654,39 @@ pub async fn run(ctx: &Ctx<'_>) -> Vec<Point> {
         }
     }
     out
+}
+
+/// Puts each isolation point beside its clean counterpart (same webhooks, no
+/// dead one) when that ran in the same invocation: `vs_clean` is the
+/// healthy throughput (or p99) with the dead receiver over the clean one.
+fn compare_isolation(points: &mut [Point]) {
+    let clean: Vec<(serde_json::Value, String, BTreeMap<String, Spread>)> = points
+        .iter()
+        .filter(|p| p.scenario == "throughput" || p.scenario == "latency")
+        .map(|p| (p.params.clone(), p.kind.clone(), p.summary.clone()))
+        .collect();
+    for p in points.iter_mut().filter(|p| p.scenario == "isolation") {
+        let same = |c: &serde_json::Value| {
+            ["webhooks", "value_bytes", "rate"]
+                .iter()
+                .all(|k| c.get(*k) == p.params.get(*k))
+        };
+        let Some((_, kind, summary)) = clean.iter().find(|(c, k, _)| same(c) && *k == p.kind)
+        else {
+            continue;
+        };
+        let key = if kind == "rate" { "rate" } else { "p99_ms" };
+        if let (Some(iso), Some(cl)) = (
+            p.summary.get(key).map(|s| s.median),
+            summary.get(key).map(|s| s.median),
+        ) && cl > 0.0
+        {
+            let ratio = iso / cl;
+            p.summary.insert("vs_clean".into(), spread(&[ratio]));
+            p.notes.retain(|n| !n.starts_with("beside the clean run"));
+            p.notes.push(format!(
+                "beside the clean run: {key} {iso:.1} with the dead receiver vs {cl:.1} without ({ratio:.2}×)"
+            ));
+        }
+    }
 }
