@@ -16,13 +16,11 @@ use k8s_openapi::{
         core::v1::{
             Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
             HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-            Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext,
-            ServiceAccount,
+            Probe, SeccompProfile, SecretEnvSource, SecurityContext, ServiceAccount,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::{
-        api::resource::Quantity,
         apis::meta::v1::{LabelSelector, ObjectMeta},
         util::intstr::IntOrString,
     },
@@ -188,6 +186,21 @@ pub fn deployment(settings: &Settings, tenant: &str) -> Deployment {
     if settings.allow_http {
         args.push("--allow-http".into());
     }
+    if let Some(n) = settings.default_max_attempts {
+        args.push(format!("--default-max-attempts={n}"));
+    }
+    if let Some(d) = settings.default_initial_delay {
+        args.push(format!(
+            "--default-initial-delay={}",
+            hookline_crds::duration::format(d)
+        ));
+    }
+    if let Some(d) = settings.default_max_delay {
+        args.push(format!(
+            "--default-max-delay={}",
+            hookline_crds::duration::format(d)
+        ));
+    }
     if !settings.allow_cidrs.is_empty() {
         let cidrs: Vec<String> = settings
             .allow_cidrs
@@ -206,7 +219,6 @@ pub fn deployment(settings: &Settings, tenant: &str) -> Deployment {
         failure_threshold: Some(3),
         ..Probe::default()
     };
-    let q = |s: &str| Quantity(s.to_owned());
     let container = Container {
         name: "dispatcher".into(),
         image: Some(settings.dispatcher_image.clone()),
@@ -240,14 +252,7 @@ pub fn deployment(settings: &Settings, tenant: &str) -> Deployment {
             initial_delay_seconds: Some(10),
             ..probe("/healthz", 10)
         }),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), q("100m")),
-                ("memory".into(), q("64Mi")),
-            ])),
-            limits: Some(BTreeMap::from([("memory".into(), q("256Mi"))])),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(settings.dispatcher_resources.clone()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -355,6 +360,8 @@ mod tests {
         let mut settings = Settings::for_tests();
         settings.dispatcher_replicas = 3;
         settings.allow_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+        settings.default_max_attempts = Some(5);
+        settings.default_max_delay = Some(std::time::Duration::from_secs(3600));
         let d = deployment(&settings, "acme");
         assert_eq!(d.metadata.namespace.as_deref(), Some("hookline-system"));
         let spec = d.spec.unwrap();
@@ -372,12 +379,20 @@ mod tests {
             "--retry-topic=1s=hookline.acme.retry.1s",
             "--allow-cidr=127.0.0.0/8",
             "--listen=$(POD_IP):9090",
+            "--default-max-attempts=5",
+            "--default-max-delay=1h",
         ] {
             assert!(
                 args.contains(&want.to_string()),
                 "missing {want} in {args:?}"
             );
         }
+        let res = pod.containers[0].resources.clone().unwrap();
+        assert_eq!(
+            res.limits.unwrap()["memory"].0,
+            "256Mi",
+            "the default resources apply"
+        );
         let sc = pod.containers[0].security_context.clone().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.read_only_root_filesystem, Some(true));

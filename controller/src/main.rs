@@ -71,7 +71,8 @@ async fn main() -> anyhow::Result<()> {
     // Ready once this replica runs (as leader or as a standby candidate).
     let health = Health {
         registry,
-        ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        // Not ready until Kafka has answered once (see the probe below).
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -84,6 +85,31 @@ async fn main() -> anyhow::Result<()> {
     info!(listen = %settings.listen, "serving /metrics, /healthz, /readyz");
     tokio::spawn(async move { axum::serve(listener, app).await });
 
+    let topics = Arc::new(TopicManager::new(
+        &settings.kafka_bootstrap,
+        settings.topic_partitions,
+        settings.topic_replication,
+    )?);
+    // Standby replicas probe too: every replica's readiness says whether Kafka is reachable.
+    {
+        // Readiness follows Kafka: a controller that cannot reach the brokers cannot create
+        // topics, so it says so in /readyz (and in each Webhook's DispatcherReady condition)
+        // instead of crash-looping.
+        let (topics, ready) = (topics.clone(), health.ready.clone());
+        tokio::spawn(async move {
+            loop {
+                let ok = match topics.reachable(Duration::from_secs(5)).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(error = %e, "Kafka is unreachable; not ready");
+                        false
+                    }
+                };
+                ready.store(ok, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(if ok { 15 } else { 3 })).await;
+            }
+        });
+    }
     let lost = if settings.leader_elect {
         let api = Api::namespaced(client.clone(), &settings.operator_namespace);
         let fut = leader::lead(
@@ -100,11 +126,6 @@ async fn main() -> anyhow::Result<()> {
         futures::future::Either::Right(futures::future::pending::<()>())
     };
 
-    let topics = TopicManager::new(
-        &settings.kafka_bootstrap,
-        settings.topic_partitions,
-        settings.topic_replication,
-    )?;
     let webhooks = Api::<Webhook>::all(client.clone());
     // Reconcile on what the controller acts on — spec (generation, which also moves on
     // deletion), annotations (rotation) and finalizers — not on the dispatcher's status

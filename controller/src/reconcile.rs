@@ -61,7 +61,7 @@ pub struct Context {
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Kafka topics.
-    pub topics: TopicManager,
+    pub topics: Arc<TopicManager>,
     /// Every `Webhook` (the controller's reflector).
     pub store: Store<Webhook>,
     /// One lock per tenant: tenant-wide objects are computed and applied under it, from the

@@ -41,6 +41,24 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_DISPATCHER_REPLICAS", default_value_t = 1)]
     pub dispatcher_replicas: i32,
 
+    /// Resources of each dispatcher container, as JSON (`{"requests": {...}, "limits": {...}}`).
+    #[arg(long, env = "HOOKLINE_DISPATCHER_RESOURCES",
+          default_value = r#"{"requests":{"cpu":"100m","memory":"64Mi"},"limits":{"memory":"256Mi"}}"#,
+          value_parser = parse_resources)]
+    pub dispatcher_resources: k8s_openapi::api::core::v1::ResourceRequirements,
+
+    /// Platform default of `spec.delivery.retry.maxAttempts`, passed to every dispatcher.
+    #[arg(long, env = "HOOKLINE_DEFAULT_MAX_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub default_max_attempts: Option<u32>,
+
+    /// Platform default of `spec.delivery.retry.initialDelay` (e.g. `1s`).
+    #[arg(long, env = "HOOKLINE_DEFAULT_INITIAL_DELAY", value_parser = parse_duration)]
+    pub default_initial_delay: Option<Duration>,
+
+    /// Platform default of `spec.delivery.retry.maxDelay` (e.g. `10h`).
+    #[arg(long, env = "HOOKLINE_DEFAULT_MAX_DELAY", value_parser = parse_duration)]
+    pub default_max_delay: Option<Duration>,
+
     /// Accept `http://` Webhook URLs (off by default: https only).
     #[arg(long, env = "HOOKLINE_ALLOW_HTTP", default_value_t = false)]
     pub allow_http: bool,
@@ -78,6 +96,10 @@ pub struct Settings {
     /// This replica's identity in leader election (the Pod name).
     #[arg(long, env = "POD_NAME", default_value = "hookline-controller")]
     pub pod_name: String,
+}
+
+fn parse_resources(s: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequirements, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a ResourceRequirements JSON object: {e}"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 
 /// Creates and remembers tenant topics.
 pub struct TopicManager {
-    admin: AdminClient<DefaultClientContext>,
+    admin: std::sync::Arc<AdminClient<DefaultClientContext>>,
     partitions: i32,
     replication: i32,
     ensured: Mutex<HashSet<String>>,
@@ -37,15 +37,27 @@ impl TopicManager {
         for (k, v) in hookline_dispatcher::config::kafka_env_settings(std::env::vars()) {
             config.set(k, v);
         }
-        let admin = config
+        let admin: AdminClient<DefaultClientContext> = config
             .create()
             .map_err(|e| Error::Kafka(format!("creating admin client: {e}")))?;
         Ok(TopicManager {
-            admin,
+            admin: std::sync::Arc::new(admin),
             partitions,
             replication,
             ensured: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Whether the brokers answer a metadata request within `timeout`.
+    ///
+    /// # Errors
+    /// The Kafka error, for the log and the readiness message.
+    pub async fn reachable(&self, timeout: Duration) -> Result<()> {
+        let admin = self.admin.clone();
+        tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout).map(|_| ()))
+            .await
+            .map_err(|e| Error::Kafka(e.to_string()))?
+            .map_err(|e| Error::Kafka(format!("brokers unreachable: {e}")))
     }
 
     /// Makes sure every topic of `tenant` exists.

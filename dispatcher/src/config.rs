@@ -88,6 +88,18 @@ pub struct Config {
     #[arg(long, env = "HOOKLINE_STATUS_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub status_interval: Duration,
 
+    /// Platform default for `spec.delivery.retry.maxAttempts` where a Webhook leaves it out.
+    #[arg(long, env = "HOOKLINE_DEFAULT_MAX_ATTEMPTS")]
+    pub default_max_attempts: Option<u32>,
+
+    /// Platform default for `spec.delivery.retry.initialDelay` (e.g. `1s`).
+    #[arg(long, env = "HOOKLINE_DEFAULT_INITIAL_DELAY", value_parser = parse_duration)]
+    pub default_initial_delay: Option<Duration>,
+
+    /// Platform default for `spec.delivery.retry.maxDelay` (e.g. `10h`).
+    #[arg(long, env = "HOOKLINE_DEFAULT_MAX_DELAY", value_parser = parse_duration)]
+    pub default_max_delay: Option<Duration>,
+
     /// How often signing Secrets are re-read (they are also read when a `Webhook` changes).
     #[arg(long, env = "HOOKLINE_SECRET_REFRESH", default_value = "30s", value_parser = parse_duration)]
     pub secret_refresh: Duration,
@@ -207,6 +219,29 @@ fn merge(into: &mut ClientConfig, from: ClientConfig) {
     }
 }
 
+impl Config {
+    /// The retry policy for Webhooks that leave fields out: the module defaults, overridden
+    /// by the platform's `--default-*` flags.
+    ///
+    /// # Errors
+    /// When the overrides make an invalid policy (e.g. initial delay above the maximum).
+    pub fn default_retry(&self) -> Result<crate::retry::RetryPolicy, String> {
+        let mut p = crate::retry::RetryPolicy::default();
+        if let Some(n) = self.default_max_attempts {
+            p.max_attempts = n;
+        }
+        if let Some(d) = self.default_initial_delay {
+            p.initial_delay = d;
+        }
+        if let Some(d) = self.default_max_delay {
+            p.max_delay = d;
+        }
+        p.validate()
+            .map_err(|e| format!("platform retry defaults: {e}"))?;
+        Ok(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +319,16 @@ mod tests {
         let producer = c.producer_config();
         assert_eq!(producer.get("acks"), Some("all"));
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn platform_retry_defaults_override_the_module_defaults_and_are_checked() {
+        let c = Config::try_parse_from(args(&[])).unwrap();
+        assert_eq!(c.default_retry().unwrap(), crate::retry::RetryPolicy::default());
+        let c = Config::try_parse_from(args(&["--default-max-attempts=5", "--default-max-delay=1h"])).unwrap();
+        let p = c.default_retry().unwrap();
+        assert_eq!((p.max_attempts, p.max_delay), (5, Duration::from_secs(3600)));
+        let c = Config::try_parse_from(args(&["--default-initial-delay=2h", "--default-max-delay=1h"])).unwrap();
+        assert!(c.default_retry().unwrap_err().contains("platform retry defaults"));
     }
 }

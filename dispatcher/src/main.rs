@@ -55,6 +55,9 @@ async fn main() -> anyhow::Result<()> {
         .json()
         .init();
     let config = Config::parse();
+    hookline_dispatcher::webhooks::set_default_retry(
+        config.default_retry().map_err(anyhow::Error::msg)?,
+    );
     hookline_dispatcher::install_crypto_provider();
     let ns = config.tenant_namespace.clone();
     info!(namespace = %ns, events = %config.events_topic, group = %config.consumer_group, "starting");

@@ -75,6 +75,14 @@ fn duration(field: &str, value: Option<&String>, default: Duration) -> Result<Du
     })
 }
 
+static DEFAULT_RETRY: std::sync::OnceLock<RetryPolicy> = std::sync::OnceLock::new();
+
+/// Sets, once at start-up, the retry policy Webhooks fall back to for fields they leave out
+/// (the platform's defaults); without it, [`RetryPolicy::default`] applies.
+pub fn set_default_retry(policy: RetryPolicy) {
+    let _ = DEFAULT_RETRY.set(policy);
+}
+
 impl Settings {
     /// Reads a `Webhook`'s spec.
     ///
@@ -91,7 +99,7 @@ impl Settings {
         let matcher = Matcher::new(&spec.event_types).map_err(|e| e.to_string())?;
         let delivery = spec.delivery.clone().unwrap_or_default();
         let retry = delivery.retry.clone().unwrap_or_default();
-        let defaults = RetryPolicy::default();
+        let defaults = DEFAULT_RETRY.get().cloned().unwrap_or_default();
         let policy = RetryPolicy {
             max_attempts: retry
                 .max_attempts
