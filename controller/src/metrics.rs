@@ -75,6 +75,9 @@ impl Metrics {
         registry
             .register(Box::new(m.leader.clone()))
             .expect("register");
+        registry
+            .register(Box::new(m.webhooks.clone()))
+            .expect("register");
         m
     }
 }
@@ -106,6 +109,33 @@ pub fn readiness<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_metric_is_registered_and_exported() {
+        let registry = Registry::new();
+        let m = Metrics::register(&registry);
+        m.reconciles.with_label_values(&["ok"]).inc();
+        m.failures.with_label_values(&["Kafka"]).inc();
+        m.webhooks.with_label_values(&["true"]).set(3);
+        m.duration.observe(0.01);
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        for want in [
+            "hookline_controller_reconciles_total",
+            "hookline_controller_reconcile_errors_total",
+            "hookline_controller_reconcile_duration_seconds",
+            "hookline_controller_leader",
+            "hookline_controller_webhooks",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
+    }
 
     #[test]
     fn webhooks_are_counted_by_their_ready_condition() {

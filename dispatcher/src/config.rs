@@ -324,11 +324,29 @@ mod tests {
     #[test]
     fn platform_retry_defaults_override_the_module_defaults_and_are_checked() {
         let c = Config::try_parse_from(args(&[])).unwrap();
-        assert_eq!(c.default_retry().unwrap(), crate::retry::RetryPolicy::default());
-        let c = Config::try_parse_from(args(&["--default-max-attempts=5", "--default-max-delay=1h"])).unwrap();
+        assert_eq!(
+            c.default_retry().unwrap(),
+            crate::retry::RetryPolicy::default()
+        );
+        let c = Config::try_parse_from(args(&[
+            "--default-max-attempts=5",
+            "--default-max-delay=1h",
+        ]))
+        .unwrap();
         let p = c.default_retry().unwrap();
-        assert_eq!((p.max_attempts, p.max_delay), (5, Duration::from_secs(3600)));
-        let c = Config::try_parse_from(args(&["--default-initial-delay=2h", "--default-max-delay=1h"])).unwrap();
-        assert!(c.default_retry().unwrap_err().contains("platform retry defaults"));
+        assert_eq!(
+            (p.max_attempts, p.max_delay),
+            (5, Duration::from_secs(3600))
+        );
+        let c = Config::try_parse_from(args(&[
+            "--default-initial-delay=2h",
+            "--default-max-delay=1h",
+        ]))
+        .unwrap();
+        assert!(
+            c.default_retry()
+                .unwrap_err()
+                .contains("platform retry defaults")
+        );
     }
 }
