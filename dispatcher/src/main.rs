@@ -29,7 +29,7 @@ use kube::{Api, Client};
 use rdkafka::producer::FutureProducer;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 
 async fn signalled() {
     #[cfg(unix)]
@@ -203,7 +203,12 @@ async fn main() -> anyhow::Result<()> {
         },
         grace: config.shutdown_grace,
     });
-    pipeline.run(stop).await;
+    // On a worker thread rather than this one: completions and records then
+    // wake a task in the runtime instead of parking and unparking the main
+    // thread for every message (see BENCHMARKS.md).
+    if let Err(e) = tokio::spawn(pipeline.run(stop)).await {
+        error!(error = %e, "the pipeline stopped abnormally");
+    }
 
     status_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), status_task).await;

@@ -17,7 +17,10 @@
 //!   `--max-pending`, a job for a `Webhook` holding more than its fair share
 //!   ([`overflows`]) is postponed through the retry path instead of queueing,
 //!   so one slow URL cannot fill the memory the others need; the consumer
-//!   pauses only when all jobs together exceed `--max-pending`.
+//!   pauses as soon as all jobs together exceed `--max-pending` and resumes
+//!   as soon as they fall to 80 % of it (checked per record and per
+//!   completion, not per tick: a backlog read ahead for a whole tick would
+//!   overflow a healthy URL).
 //! - A retry partition whose head is not actionable yet is paused and
 //!   resumed by a timer, not polled.
 //!
@@ -76,9 +79,10 @@ pub const MIN_SHARE: usize = 128;
 /// jobs are in memory across `endpoints` `Webhook`s: only under pressure
 /// (more than half of `max_pending` in memory), and then above
 /// `max_pending / endpoints` (at least [`MIN_SHARE`]). A burst on a healthy
-/// URL queues in memory; a slow URL's excess is postponed.
+/// URL queues in memory; a slow URL's excess is postponed. A lone `Webhook`
+/// has no one to make room for: back-pressure alone bounds it.
 pub fn overflows(held: usize, total: usize, endpoints: usize, max_pending: usize) -> bool {
-    total > max_pending / 2 && held > (max_pending / endpoints.max(1)).max(MIN_SHARE)
+    endpoints > 1 && total > max_pending / 2 && held > (max_pending / endpoints).max(MIN_SHARE)
 }
 
 /// What the pipeline is built from.
@@ -262,6 +266,11 @@ impl Pipeline {
         if c.done != Done::Abandoned {
             self.settle(&c.source);
         }
+        // Consume again as soon as memory has room, not at the next tick.
+        if self.backpressure && self.total.load(Ordering::Relaxed) <= self.p.max_pending * 8 / 10 {
+            self.check_backpressure();
+            self.drain_all();
+        }
         let Some((lane, seq)) = c.lane else { return };
         let (partition, epoch) = (c.source.partition, c.source.epoch);
         match c.done {
@@ -329,6 +338,11 @@ mod tests {
             !overflows(9_000, 9_000, 1, 10_000),
             "a lone Webhook may use it all"
         );
+        assert!(
+            !overflows(10_001, 10_001, 1, 10_000),
+            "a lone Webhook is bounded by back-pressure, never postponed"
+        );
+        assert!(overflows(10_001, 10_001, 2, 10_000));
     }
 
     #[test]

@@ -27,9 +27,20 @@ pub(super) struct PartState {
     pub(super) tier: Option<usize>,
     pub(super) tracker: OffsetTracker,
     pub(super) held: VecDeque<OwnedMessage>,
+    /// Payload bytes in `held`.
+    pub(super) held_bytes: usize,
     pub(super) hold_until: Option<i64>,
     pub(super) scanning: bool,
     pub(super) paused: bool,
+}
+
+/// Records an events partition holds at most, under back-pressure, before it is paused.
+pub(super) const READ_AHEAD: usize = 1_000;
+/// Payload bytes an events partition holds at most before it is paused.
+pub(super) const READ_AHEAD_BYTES: usize = 4 << 20;
+
+fn size(msg: &OwnedMessage) -> usize {
+    msg.payload().map_or(0, <[u8]>::len)
 }
 
 pub(super) struct ScanDone {
@@ -54,10 +65,12 @@ impl Pipeline {
             tier,
             tracker: OffsetTracker::new(),
             held: VecDeque::new(),
+            held_bytes: 0,
             hold_until: None,
             scanning: true,
             paused: false,
         });
+        part.held_bytes += size(&msg);
         part.held.push_back(msg);
         self.drain(&tp);
     }
@@ -103,6 +116,7 @@ impl Pipeline {
             let Some(msg) = part.held.pop_front() else {
                 break;
             };
+            part.held_bytes = part.held_bytes.saturating_sub(size(&msg));
             let source = Source {
                 topic: Arc::from(tp.0.as_str()),
                 partition: tp.1,
@@ -112,6 +126,13 @@ impl Pipeline {
             match tier {
                 None => self.on_event(&msg, source),
                 Some(tier) => self.on_retry(&msg, source, tier, step),
+            }
+            // Back-pressure as soon as memory is full, not at the next tick:
+            // a backlog is read far faster than it is delivered, and a second
+            // of reading ahead pushed most of it through the overflow path
+            // (a retry-topic write and read per event; see BENCHMARKS.md).
+            if self.total.load(Ordering::Relaxed) > self.p.max_pending {
+                self.check_backpressure();
             }
         }
         self.sync_pause(tp);
@@ -145,6 +166,7 @@ impl Pipeline {
                     // after the revocation (librdkafka drops them), so what is
                     // held here arrived for this assignment: keep it.
                     let held = self.parts.remove(tp).map(|p| p.held).unwrap_or_default();
+                    let held_bytes = held.iter().map(size).sum();
                     self.parts.insert(
                         tp.clone(),
                         PartState {
@@ -152,6 +174,7 @@ impl Pipeline {
                             tier,
                             tracker: OffsetTracker::new(),
                             held,
+                            held_bytes,
                             hold_until: None,
                             scanning: true,
                             paused: true,
@@ -209,11 +232,20 @@ impl Pipeline {
     }
 
     pub(super) fn sync_pause(&mut self, tp: &Tp) {
-        let blocked = self.backpressure || self.stopping;
         let Some(part) = self.parts.get_mut(tp) else {
             return;
         };
-        let want = blocked || part.scanning || !part.held.is_empty();
+        // An events partition reads a little ahead under back-pressure, so
+        // that records are at hand the moment memory has room again: pausing
+        // drops what librdkafka had fetched, and fetching it again cost more
+        // than the deliveries (BENCHMARKS.md). Retry tiers, whose heads may
+        // wait for an hour, and partitions being scanned pause at once.
+        let want = self.stopping
+            || part.scanning
+            || match part.tier {
+                Some(_) => !part.held.is_empty(),
+                None => part.held.len() >= READ_AHEAD || part.held_bytes >= READ_AHEAD_BYTES,
+            };
         if want == part.paused {
             return;
         }
@@ -239,7 +271,8 @@ impl Pipeline {
             self.backpressure = false;
         }
         if was != self.backpressure {
-            info!(
+            // Debug: while a backlog drains this flips several times a second.
+            debug!(
                 in_memory = total,
                 paused = self.backpressure,
                 "back-pressure"
