@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HOOKLINE_CACHE="${HOOKLINE_CACHE:-$HOME/.cache/hookline}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOOKLINE_CACHE/target}"
-TAG="${IMAGE:-ghcr.io/hookline/hookline:$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}"
+TAG="${IMAGE:-ghcr.io/hookline/hookline:$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | sed -n 1p)}"
 B=(buildah --storage-driver vfs --root "$HOOKLINE_CACHE/containers/storage" --runroot "$HOOKLINE_CACHE/containers/run")
 
 if ! command -v buildah >/dev/null; then
@@ -26,7 +26,7 @@ ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/bin"
 for b in hookline-controller hookline-dispatcher; do
   cp "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/$b" "$ctx/bin/"
-  if ldd "$ctx/bin/$b" 2>&1 | grep -q '=>'; then echo "image: $b is not static" >&2; exit 1; fi
+  if [[ $(ldd "$ctx/bin/$b" 2>&1) == *'=>'* ]]; then echo "image: $b is not static" >&2; exit 1; fi
 done
 cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
 echo 'nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin' > "$ctx/passwd"

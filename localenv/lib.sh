@@ -206,7 +206,10 @@ load_ports() {
   source "$RUN/ports.env"
 }
 
-etcd_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
+etcd_healthy() {
+  local out
+  out=$(curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health") && [[ $out == *'"health":"true"'* ]]
+}
 
 # apiserver_get PATH: GET PATH from the apiserver as the admin user.
 apiserver_get() {

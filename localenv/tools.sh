@@ -39,7 +39,7 @@ go_at_least() {
   local have want=$1
   have=$(go env GOVERSION)
   have=${have#go}
-  [[ $(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1) == "$want" ]]
+  [[ $(printf '%s\n%s\n' "$want" "$have" | sort -V | sed -n 1p) == "$want" ]]
 }
 
 # mod_gomod MODULE@VERSION: download the module and print the path of its go.mod in the cache.
@@ -117,7 +117,9 @@ EOF
   (cd "$src" && go_build_logged etcd go build -p "$GO_PARALLEL" -trimpath -ldflags "-s -w" -o "$out.tmp" .)
   mv "$out.tmp" "$out"
   local reported
-  reported=$("$out" --version | head -n1)
+  # Whole output first: `| head` exiting early would SIGPIPE etcd and trip pipefail.
+  reported=$("$out" --version)
+  reported=${reported%%$'\n'*}
   grep -qw "${ETCD_VERSION#v}" <<<"$reported" || die "built etcd reports '$reported', expected $ETCD_VERSION" "delete $src and $out and rerun"
   stamp_write "$stamp" "$(elapsed "$t0")"
   ok "etcd $ETCD_VERSION built in $(elapsed "$t0") -> $out"
@@ -249,7 +251,7 @@ build_helm() {
   # As helm's Makefile does: its version, and the Kubernetes version `helm template` and
   # `helm lint` assume (.Capabilities.KubeVersion), derived from its k8s.io/client-go.
   local v=helm.sh/helm/v3/internal/version cgo kmaj kmin ldflags
-  cgo=$(sed -nE 's#^[[:space:]]+k8s\.io/client-go v0\.([0-9]+)\..*#\1#p' "$gomod" | head -n1)
+  cgo=$(sed -nE 's#^[[:space:]]+k8s\.io/client-go v0\.([0-9]+)\..*#\1#p' "$gomod" | sed -n 1p)
   kmaj=1 kmin=${cgo:-20}
   ldflags="-s -w -X $v.version=$HELM_VERSION -X $v.gitTreeState=clean"
   for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do

@@ -5,6 +5,11 @@
 //! SIGTERM or Ctrl-C stops the pipeline gracefully, then the status writer
 //! writes one last time.
 
+/// mimalloc rather than glibc's malloc: at saturation a fifth of the
+/// dispatcher's CPU went to glibc's allocator (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::Duration;
 

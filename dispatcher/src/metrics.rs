@@ -6,7 +6,8 @@
 //! removed with [`Metrics::forget_webhook`].
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::circuit::CircuitState;
@@ -41,6 +42,8 @@ pub struct Metrics {
     pub status_duration: Histogram,
     /// 1 while the consumer is paused for back-pressure.
     pub backpressure: IntGauge,
+    /// Times back-pressure engaged.
+    pub backpressure_engaged: IntCounter,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -125,6 +128,11 @@ impl Metrics {
                 "1 while consumption is paused because too much is in memory",
             )
             .expect("valid metric"),
+            backpressure_engaged: IntCounter::new(
+                "hookline_dispatcher_backpressure_engaged_total",
+                "Times consumption stopped because --max-pending jobs were in memory",
+            )
+            .expect("valid metric"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.deliveries.clone()),
@@ -138,6 +146,7 @@ impl Metrics {
             Box::new(m.status_writes.clone()),
             Box::new(m.status_duration.clone()),
             Box::new(m.backpressure.clone()),
+            Box::new(m.backpressure_engaged.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("metric registered once");

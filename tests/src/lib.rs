@@ -8,6 +8,7 @@
 //! [`LogDump`] prints the tails of the component and Pod logs.
 
 pub mod crd;
+pub mod dispatcher;
 pub mod install;
 pub mod kafka;
 pub mod python;

@@ -126,6 +126,38 @@ impl Recorded {
     }
 }
 
+/// The distinct `n` of requests whose `webhook-id` is `evt_<n>` (repeats, which at least once
+/// allows, are skipped), checking that the events of each key `n % keys` first arrived in
+/// increasing order.
+///
+/// # Errors
+/// When a `webhook-id` is missing or not `evt_<n>`, or an event of a key overtook an earlier one.
+pub fn first_arrivals_in_key_order(
+    got: &[Recorded],
+    keys: usize,
+) -> anyhow::Result<std::collections::HashSet<usize>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut last_per_key = HashMap::new();
+    for r in got {
+        let id = r.header("webhook-id").unwrap_or_default();
+        let n: usize = id
+            .strip_prefix("evt_")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("webhook-id {id:?} is not evt_<n>"))?;
+        if !seen.insert(n) {
+            continue;
+        }
+        if let Some(prev) = last_per_key.insert(n % keys, n) {
+            anyhow::ensure!(
+                prev < n,
+                "key {}: evt_{n} arrived after evt_{prev}",
+                n % keys
+            );
+        }
+    }
+    Ok(seen)
+}
+
 #[derive(Default)]
 struct State {
     behaviors: HashMap<String, Behavior>,

@@ -31,6 +31,28 @@ where
     }
 }
 
+/// Waits up to `deadline` until condition `type_` of `Webhook` `name` is `True`; the `Webhook`.
+///
+/// # Errors
+/// When the deadline passes first.
+pub async fn condition(
+    api: &kube::Api<hookline_crds::Webhook>,
+    name: &str,
+    type_: &str,
+    deadline: Duration,
+) -> anyhow::Result<hookline_crds::Webhook> {
+    until(deadline, &format!("{name} {type_}=True"), || async {
+        let w = api.get(name).await?;
+        let ok = w.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == "True")
+        });
+        Ok(ok.then_some(w))
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

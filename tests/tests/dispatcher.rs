@@ -10,7 +10,7 @@ use hookline_crds::{Webhook, conditions::types, naming};
 use hookline_dispatcher::signing;
 use hookline_tests::{
     Env, LogDump, TestNamespace, install, kafka,
-    receiver::{Behavior, Receiver, Recorded},
+    receiver::{self, Behavior, Receiver, Recorded},
     wait,
 };
 use k8s_openapi::api::core::v1::Secret;
@@ -667,24 +667,7 @@ async fn a_burst_of_events_is_delivered_completely_and_in_order_per_key() {
         EVENTS as f64 / elapsed.as_secs_f64()
     );
 
-    let mut seen = std::collections::HashSet::new();
-    let mut last_per_key: std::collections::HashMap<usize, usize> =
-        std::collections::HashMap::new();
-    for r in &got {
-        let i: usize = r.header("webhook-id").unwrap()["evt_".len()..]
-            .parse()
-            .unwrap();
-        if !seen.insert(i) {
-            continue; // a repeat (at least once) is allowed
-        }
-        if let Some(prev) = last_per_key.insert(i % KEYS, i) {
-            assert!(
-                prev < i,
-                "key tx-{}: evt_{i} arrived after evt_{prev}",
-                i % KEYS
-            );
-        }
-    }
+    let seen = receiver::first_arrivals_in_key_order(&got, KEYS).unwrap();
     assert_eq!(seen.len(), EVENTS, "every event arrived");
     t.wait_count("fraud", "delivered", i64::try_from(EVENTS).unwrap())
         .await;

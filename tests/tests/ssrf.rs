@@ -13,33 +13,19 @@
 //! No traffic leaves loopback: the refusal of private and public ranges is proven by the unit
 //! tests of `hookline_dispatcher::ssrf`.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use hookline_crds::{Webhook, conditions::types};
 use hookline_tests::{
-    Env, LogDump, TestNamespace, cache_dir, install, kafka, receiver::Receiver, wait,
+    Env, LogDump, TestNamespace,
+    dispatcher::{Dispatcher, OwnTopics},
+    install, kafka,
+    receiver::Receiver,
+    wait,
 };
 use kube::{Api, api::PostParams};
 use serde_json::json;
 use tokio::{io::AsyncWriteExt, net::TcpListener};
-
-struct Dispatcher(Child);
-
-impl Drop for Dispatcher {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn dispatcher_binary() -> std::path::PathBuf {
-    let target =
-        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| cache_dir().join("target"), Into::into);
-    target.join("debug/hookline-dispatcher")
-}
 
 /// A one-trick server on 127.0.0.2: every request is answered `302 Found` to `location`.
 async fn redirector(location: String) -> u16 {
@@ -99,73 +85,37 @@ async fn loopback_named_and_redirected_targets_are_refused_without_an_allow_list
         api.create(&PostParams::default(), &wh).await.unwrap();
     }
     for name in ["direct", "named", "redirect"] {
-        wait::until(
-            Duration::from_secs(60),
-            &format!("{name} has its signing secret"),
-            || async {
-                let w = api.get(name).await?;
-                let ok = w.status.is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == types::SECRET_READY && c.status == "True")
-                });
-                Ok(ok.then_some(()))
-            },
-        )
-        .await
-        .unwrap();
+        wait::condition(&api, name, types::SECRET_READY, Duration::from_secs(60))
+            .await
+            .unwrap();
     }
 
-    // Topics of this test's own: the controller's dispatcher for the namespace never sees them.
-    let events = kafka::create_topic(&env, "ssrf-events", 1).await.unwrap();
-    let dlq = kafka::create_topic(&env, "ssrf-dlq", 1).await.unwrap();
-    let attempts = kafka::create_topic(&env, "ssrf-attempts", 1).await.unwrap();
-    let retry = kafka::create_topic(&env, "ssrf-retry", 1).await.unwrap();
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let log = std::env::temp_dir().join(format!("{}-dispatcher.log", ns.name));
-    dump.extra.push(log.clone());
-    let child = Command::new(dispatcher_binary())
-        .env("KUBECONFIG", &env.kubeconfig)
-        .env("RUST_LOG", "info")
-        .args([
-            format!("--tenant-namespace={}", ns.name),
-            format!("--kafka-bootstrap={}", env.kafka_bootstrap),
-            format!("--events-topic={events}"),
-            format!("--dead-letter-topic={dlq}"),
-            format!("--attempts-topic={attempts}"),
-            format!("--retry-topic=1s={retry}"),
-            format!("--consumer-group={events}"),
-            format!("--listen={listen}"),
-            "--allow-http".into(),
-            "--allow-cidr=127.0.0.2/32".into(),
-            "--max-record-bytes=4096".into(),
-        ])
-        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(
-            std::fs::File::create(log.with_extension("err")).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    let _dispatcher = Dispatcher(child);
+    let topics = OwnTopics::create(&env, "ssrf", 1).await.unwrap();
+    let _dispatcher = Dispatcher::start(
+        &env,
+        &ns.name,
+        &topics,
+        &["--allow-cidr=127.0.0.2/32", "--max-record-bytes=4096"],
+        &mut dump,
+    )
+    .unwrap();
+    let (events, dlq) = (&topics.events, &topics.dead_letter);
 
     let producer = kafka::producer(&env).unwrap();
-    kafka::produce(&producer, &events, Some("k"), &event("evt_first"), &[])
+    kafka::produce(&producer, events, Some("k"), &event("evt_first"), &[])
         .await
         .unwrap();
     let mut big = event("evt_big");
     big.extend(std::iter::repeat_n(b' ', 5000)); // valid JSON, but over the 4 KiB bound
-    kafka::produce(&producer, &events, Some("k2"), &big, &[])
+    kafka::produce(&producer, events, Some("k2"), &big, &[])
         .await
         .unwrap();
-    kafka::produce(&producer, &events, Some("k3"), &event("evt_after"), &[])
+    kafka::produce(&producer, events, Some("k3"), &event("evt_after"), &[])
         .await
         .unwrap();
 
     // 1 oversized record + 2 events × 3 refused deliveries.
-    let dead = kafka::consume(&env, &dlq, 7, Duration::from_secs(120))
+    let dead = kafka::consume(&env, dlq, 7, Duration::from_secs(120))
         .await
         .unwrap();
     let mut reasons: Vec<(String, String)> = dead

@@ -277,11 +277,11 @@ impl Pipeline {
                 paused = self.backpressure,
                 "back-pressure"
             );
-            self.p
-                .shared
-                .metrics
-                .backpressure
-                .set(i64::from(self.backpressure));
+            let metrics = &self.p.shared.metrics;
+            metrics.backpressure.set(i64::from(self.backpressure));
+            if self.backpressure {
+                metrics.backpressure_engaged.inc();
+            }
             let tps: Vec<Tp> = self.parts.keys().cloned().collect();
             for tp in tps {
                 self.sync_pause(&tp);

@@ -1,0 +1,103 @@
+//! A `hookline-dispatcher` of a test's own, outside the controller: the very
+//! binary the pod runner runs, on topics the test made (the controller's
+//! dispatcher for the namespace never sees them), with flags the controller
+//! would not set (a small `--max-pending`, a narrower allow-list). Killed when
+//! dropped; its log is added to the test's [`LogDump`].
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context as _;
+
+use crate::{Env, LogDump, cache_dir, kafka};
+
+/// The debug build of `hookline-dispatcher` (what the pod runner runs).
+pub fn binary() -> PathBuf {
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| cache_dir().join("target"), Into::into);
+    target.join("debug/hookline-dispatcher")
+}
+
+/// The topics of a test's own dispatcher.
+pub struct OwnTopics {
+    /// Events, with the partitions asked for.
+    pub events: String,
+    /// Dead letters, one partition.
+    pub dead_letter: String,
+    /// Delivery attempts, one partition.
+    pub attempts: String,
+    /// The one retry tier (`1s`), one partition.
+    pub retry: String,
+}
+
+impl OwnTopics {
+    /// Creates `hl-test-<prefix>-{events,dlq,attempts,retry}-<random>`.
+    ///
+    /// # Errors
+    /// When the broker refuses.
+    pub async fn create(env: &Env, prefix: &str, partitions: i32) -> anyhow::Result<OwnTopics> {
+        Ok(OwnTopics {
+            events: kafka::create_topic(env, &format!("{prefix}-events"), partitions).await?,
+            dead_letter: kafka::create_topic(env, &format!("{prefix}-dlq"), 1).await?,
+            attempts: kafka::create_topic(env, &format!("{prefix}-attempts"), 1).await?,
+            retry: kafka::create_topic(env, &format!("{prefix}-retry"), 1).await?,
+        })
+    }
+}
+
+/// A running dispatcher; killed on drop.
+pub struct Dispatcher {
+    child: Child,
+    /// Where its /metrics, /healthz and /readyz answer (`127.0.0.1:<port>`).
+    pub listen: String,
+}
+
+impl Dispatcher {
+    /// Starts the dispatcher of `namespace` on `topics` with `--allow-http` and the `extra`
+    /// flags, logging at `info` to `<namespace>-dispatcher.log` in the temp dir (added to `dump`).
+    ///
+    /// # Errors
+    /// When the log files cannot be created or the binary cannot start.
+    pub fn start(
+        env: &Env,
+        namespace: &str,
+        topics: &OwnTopics,
+        extra: &[&str],
+        dump: &mut LogDump,
+    ) -> anyhow::Result<Dispatcher> {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .to_string();
+        let log = std::env::temp_dir().join(format!("{namespace}-dispatcher.log"));
+        dump.extra.push(log.clone());
+        let child = Command::new(binary())
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env("RUST_LOG", "info")
+            .args([
+                format!("--tenant-namespace={namespace}"),
+                format!("--kafka-bootstrap={}", env.kafka_bootstrap),
+                format!("--events-topic={}", topics.events),
+                format!("--dead-letter-topic={}", topics.dead_letter),
+                format!("--attempts-topic={}", topics.attempts),
+                format!("--retry-topic=1s={}", topics.retry),
+                format!("--consumer-group={}", topics.events),
+                format!("--listen={listen}"),
+                "--allow-http".into(),
+            ])
+            .args(extra)
+            .stdout(Stdio::from(std::fs::File::create(&log)?))
+            .stderr(Stdio::from(std::fs::File::create(
+                log.with_extension("err"),
+            )?))
+            .spawn()
+            .with_context(|| format!("starting {}", binary().display()))?;
+        Ok(Dispatcher { child, listen })
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
