@@ -23,6 +23,7 @@ pub mod circuit;
 pub mod config;
 pub mod consumer;
 pub mod delivery;
+pub mod drain;
 pub mod error;
 pub mod lanes;
 pub mod metrics;

@@ -15,7 +15,8 @@
 //! - Isolation: nothing waits in the loop; each job waits in its own task for
 //!   its endpoint's slot, token and circuit. Once jobs in memory pass half of
 //!   `--max-pending`, a job for a `Webhook` holding more than its fair share
-//!   ([`overflows`]) is postponed through the retry path instead of queueing,
+//!   ([`overflows`]) and draining too slowly to clear it within the
+//!   postponement ([`crate::drain`]) is postponed through the retry path instead of queueing,
 //!   so one slow URL cannot fill the memory the others need; the consumer
 //!   pauses as soon as all jobs together exceed `--max-pending` and resumes
 //!   as soon as they fall to 80 % of it (checked per record and per
@@ -80,7 +81,10 @@ pub const MIN_SHARE: usize = 128;
 /// (more than half of `max_pending` in memory), and then above
 /// `max_pending / endpoints` (at least [`MIN_SHARE`]). A burst on a healthy
 /// URL queues in memory; a slow URL's excess is postponed. A lone `Webhook`
-/// has no one to make room for: back-pressure alone bounds it.
+/// has no one to make room for: back-pressure alone bounds it. The caller
+/// also asks whether the `Webhook` drains so slowly that its jobs would wait
+/// longer in memory than the postponement ([`crate::drain`]): a busy,
+/// healthy receiver above its share under a backlog is not postponed.
 pub fn overflows(held: usize, total: usize, endpoints: usize, max_pending: usize) -> bool {
     endpoints > 1 && total > max_pending / 2 && held > (max_pending / endpoints).max(MIN_SHARE)
 }
@@ -222,8 +226,13 @@ impl Pipeline {
         let wait = wait.or_else(|| {
             let held = job.endpoint.in_memory.load(Ordering::Relaxed);
             let total = self.total.load(Ordering::Relaxed);
-            overflows(held, total, self.p.registry.len(), self.p.max_pending)
-                .then_some(OVERFLOW_POSTPONE)
+            (overflows(held, total, self.p.registry.len(), self.p.max_pending)
+                && job.endpoint.drains_slower_than(
+                    held,
+                    OVERFLOW_POSTPONE,
+                    std::time::Instant::now(),
+                ))
+            .then_some(OVERFLOW_POSTPONE)
         });
         if let Some(wait) = wait {
             let due = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));

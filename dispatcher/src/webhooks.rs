@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use crate::circuit::{CircuitBreaker, CircuitConfig, CircuitState, Rejected};
+use crate::drain::DrainMeter;
 use crate::matching::Matcher;
 use crate::ratelimit::{RateLimiter, default_burst};
 use crate::retry::{Backoff, RetryPolicy};
@@ -214,6 +215,8 @@ pub struct Endpoint {
     pub in_memory: AtomicUsize,
     /// What the status writer reports.
     pub stats: Mutex<Stats>,
+    /// How fast its attempts finish.
+    drain: Mutex<DrainMeter>,
 }
 
 impl Endpoint {
@@ -250,6 +253,7 @@ impl Endpoint {
             test_started: Mutex::new(None),
             in_memory: AtomicUsize::new(0),
             stats: Mutex::new(stats),
+            drain: Mutex::new(DrainMeter::new(Instant::now())),
         }
     }
 
@@ -385,6 +389,20 @@ impl Endpoint {
     /// When the circuit is open or its probes are out.
     pub fn circuit_acquire(&self, now: Instant) -> Result<(), Rejected> {
         self.breaker.lock().expect("breaker lock").try_acquire(now)
+    }
+
+    /// Notes that an attempt finished, whatever its outcome.
+    pub fn attempt_finished(&self, now: Instant) {
+        self.drain.lock().expect("drain lock").record(now);
+    }
+
+    /// Whether `held` jobs would wait longer in memory than `postpone` at the
+    /// rate this endpoint's attempts finish (see [`DrainMeter`]).
+    pub fn drains_slower_than(&self, held: usize, postpone: Duration, now: Instant) -> bool {
+        self.drain
+            .lock()
+            .expect("drain lock")
+            .slower_than(held, postpone, now)
     }
 
     /// Reports an attempt's result to the breaker; returns the state after it.

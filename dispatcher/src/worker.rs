@@ -397,6 +397,7 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
         })
         .await;
     drop(permit);
+    endpoint.attempt_finished(Instant::now());
     let verdict = crate::retry::classify(&result.outcome);
     let healthy = match verdict {
         crate::retry::Verdict::Delivered => true,

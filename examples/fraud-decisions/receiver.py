@@ -45,8 +45,9 @@ def make_handler(verifiers, log):
             if not duplicate:
                 d = payload.get("data", {})
                 prev = f" (was {d['previousDecision']})" if d.get("previousDecision") else ""
-                print(f"[{path}] verified {payload['type']:<22} {d.get('transactionId')} {d.get('decision')}{prev} "
-                      f"{d.get('amount')} {d.get('currency')}", flush=True)
+                with lock:  # one line at a time: print writes the text and the newline separately
+                    print(f"[{path}] verified {payload['type']:<22} {d.get('transactionId')} {d.get('decision')}{prev} "
+                          f"{d.get('amount')} {d.get('currency')}", flush=True)
                 if log:
                     with lock, open(log, "a") as f:
                         f.write(json.dumps({"path": path, "id": msg_id, "event": payload}) + "\n")
