@@ -134,7 +134,11 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline over `parts`.
     pub fn new(parts: Parts) -> Pipeline {
-        let max_parked = parts.max_pending;
+        // Parked jobs count towards `max_pending`, so back-pressure bounds
+        // them; the lanes' own limit is a safety net above it. Equal to it,
+        // a partition whose jobs all sat behind busy keys hit the limit first
+        // and postponed healthy deliveries through the retry topics.
+        let max_parked = parts.max_pending.saturating_mul(2);
         Pipeline {
             p: parts,
             lanes: Lanes::new(max_parked),

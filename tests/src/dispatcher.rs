@@ -20,27 +20,35 @@ pub fn binary() -> PathBuf {
 
 /// The topics of a test's own dispatcher.
 pub struct OwnTopics {
-    /// Events, with the partitions asked for.
+    /// Events.
     pub events: String,
-    /// Dead letters, one partition.
+    /// Dead letters.
     pub dead_letter: String,
-    /// Delivery attempts, one partition.
+    /// Delivery attempts.
     pub attempts: String,
-    /// The one retry tier (`1s`), one partition.
+    /// The one retry tier (`1s`).
     pub retry: String,
 }
 
 impl OwnTopics {
-    /// Creates `hl-test-<prefix>-{events,dlq,attempts,retry}-<random>`.
+    /// Creates `hl-test-<prefix>-{events,dlq,attempts,retry}-<random>`, each with `partitions`
+    /// partitions, as the controller does (a retry goes to its event's partition index, which
+    /// keeps per-key order through the retry path).
     ///
     /// # Errors
     /// When the broker refuses.
     pub async fn create(env: &Env, prefix: &str, partitions: i32) -> anyhow::Result<OwnTopics> {
+        let mut names = Vec::with_capacity(4);
+        for kind in ["events", "dlq", "attempts", "retry"] {
+            names.push(kafka::create_topic(env, &format!("{prefix}-{kind}"), partitions).await?);
+        }
+        let [events, dead_letter, attempts, retry] =
+            <[String; 4]>::try_from(names).map_err(|_| anyhow::anyhow!("four topics"))?;
         Ok(OwnTopics {
-            events: kafka::create_topic(env, &format!("{prefix}-events"), partitions).await?,
-            dead_letter: kafka::create_topic(env, &format!("{prefix}-dlq"), 1).await?,
-            attempts: kafka::create_topic(env, &format!("{prefix}-attempts"), 1).await?,
-            retry: kafka::create_topic(env, &format!("{prefix}-retry"), 1).await?,
+            events,
+            dead_letter,
+            attempts,
+            retry,
         })
     }
 }

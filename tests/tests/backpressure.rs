@@ -100,7 +100,27 @@ async fn a_backlog_far_over_max_pending_drains_completely_in_order_without_overf
         .wait_for("/lone", EVENTS, Duration::from_secs(120))
         .await
         .unwrap();
-    let seen = receiver::first_arrivals_in_key_order(&got, KEYS).unwrap();
+    let listen = dispatcher.listen.clone();
+    let metrics = tokio::task::spawn_blocking(move || http_get(&listen, "/metrics"))
+        .await
+        .unwrap()
+        .unwrap();
+    let family = |name: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let seen = receiver::first_arrivals_in_key_order(&got, KEYS)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\n{}\n{}",
+                family("hookline_dispatcher_retries_scheduled_total"),
+                family("hookline_dispatcher_records_total")
+            )
+        })
+        .unwrap();
     assert_eq!(seen.len(), EVENTS, "every event arrived");
 
     let text = wait::until(Duration::from_secs(10), "back-pressure released", || {
