@@ -173,9 +173,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let report = Report {
         started: started.to_string(),
         finished: jiff::Timestamp::now().to_string(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: report::home_relative(&std::env::args().collect::<Vec<_>>().join(" ")),
         machine,
-        dispatcher_bin: bin.display().to_string(),
+        dispatcher_bin: report::home_relative(&bin.display().to_string()),
         git,
         dispatcher_env,
         partitions: cli.partitions,

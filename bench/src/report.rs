@@ -212,6 +212,14 @@ pub fn table(r: &Report) -> String {
     out
 }
 
+/// `text` with the home directory written `~`, so results name no one's machine paths.
+pub fn home_relative(text: &str) -> String {
+    match std::env::var("HOME") {
+        Ok(home) if home.len() > 1 => text.replace(&format!("{home}/"), "~/"),
+        _ => text.to_owned(),
+    }
+}
+
 /// Writes `<dir>/<stamp>.json`, `<dir>/<stamp>.txt` and `<dir>/latest.{json,txt}`.
 ///
 /// # Errors

@@ -13,6 +13,7 @@ pub mod install;
 pub mod kafka;
 pub mod python;
 pub mod receiver;
+pub mod tenant;
 pub mod wait;
 
 use std::{

@@ -6,137 +6,19 @@
 
 use std::time::Duration;
 
-use hookline_crds::{Webhook, conditions::types, naming};
+use hookline_crds::conditions::types;
 use hookline_dispatcher::signing;
 use hookline_tests::{
-    Env, LogDump, TestNamespace, install, kafka,
+    LogDump, install, kafka,
     receiver::{self, Behavior, Receiver, Recorded},
+    tenant::{Tenant, WITHIN},
     wait,
 };
-use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Client,
-    api::{Patch, PatchParams, PostParams},
+    Api,
+    api::{Patch, PatchParams},
 };
 use serde_json::json;
-
-const WITHIN: Duration = Duration::from_secs(120);
-
-struct Tenant {
-    env: Env,
-    client: Client,
-    ns: TestNamespace,
-    api: Api<Webhook>,
-}
-
-async fn tenant(prefix: &str) -> Tenant {
-    let env = Env::get().unwrap();
-    let client = env.client().await.unwrap();
-    install::controller(&env, &client).await.unwrap();
-    let ns = TestNamespace::create(&env, &client, prefix).await.unwrap();
-    let api = Api::<Webhook>::namespaced(client.clone(), &ns.name);
-    Tenant {
-        env,
-        client,
-        ns,
-        api,
-    }
-}
-
-impl Tenant {
-    /// Creates a Webhook and waits until it is Ready (secret, topics, dispatcher available).
-    async fn webhook(
-        &self,
-        name: &str,
-        url: &str,
-        event_types: &[&str],
-        extra: serde_json::Value,
-    ) -> Webhook {
-        let mut spec = json!({"url": url, "eventTypes": event_types});
-        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-            s.extend(e.clone());
-        }
-        let wh: Webhook = serde_json::from_value(json!({
-            "apiVersion": "hookline.dev/v1alpha1", "kind": "Webhook",
-            "metadata": {"name": name}, "spec": spec
-        }))
-        .unwrap();
-        self.api.create(&PostParams::default(), &wh).await.unwrap();
-        wait::until(WITHIN, &format!("{name} Ready"), || async {
-            let wh = self.api.get(name).await?;
-            let ready = wh.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == types::READY && c.status == "True")
-            });
-            Ok(ready.then_some(wh))
-        })
-        .await
-        .unwrap()
-    }
-
-    fn topics(&self) -> naming::Topics {
-        naming::topics(&self.ns.name)
-    }
-
-    async fn produce(&self, key: &str, value: &[u8]) {
-        let producer = kafka::producer(&self.env).unwrap();
-        kafka::produce(&producer, &self.topics().events, Some(key), value, &[])
-            .await
-            .unwrap();
-    }
-
-    async fn signing_key(&self, webhook: &str) -> signing::Secret {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), &self.ns.name)
-            .get(&naming::signing_secret(webhook))
-            .await
-            .unwrap();
-        let text = String::from_utf8(secret.data.unwrap()["secret"].0.clone()).unwrap();
-        signing::Secret::parse(&text).unwrap()
-    }
-
-    /// Waits until `status.<field>` of `name` is at least `n`, and returns the Webhook.
-    async fn wait_count(&self, name: &str, field: &str, n: i64) -> Webhook {
-        wait::until(WITHIN, &format!("{name} status.{field} >= {n}"), || async {
-            let wh = self.api.get(name).await?;
-            let status = serde_json::to_value(&wh.status)?;
-            let got = status[field].as_i64().unwrap_or(0);
-            anyhow::ensure!(got >= n, "status.{field} = {got}");
-            Ok(Some(wh))
-        })
-        .await
-        .unwrap()
-    }
-}
-
-impl Tenant {
-    /// GETs `path` from the tenant's dispatcher Pod (its Pod IP, port 9090); the raw response.
-    async fn dispatcher_get(&self, path: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
-            self.client.clone(),
-            install::OPERATOR_NAMESPACE,
-        );
-        let selector = format!("hookline.dev/tenant={}", self.ns.name);
-        let list = pods
-            .list(&kube::api::ListParams::default().labels(&selector))
-            .await
-            .unwrap();
-        let ip = list
-            .items
-            .iter()
-            .find_map(|p| p.status.as_ref()?.pod_ip.clone())
-            .expect("a dispatcher Pod with an IP");
-        let mut s = tokio::net::TcpStream::connect((ip.as_str(), 9090))
-            .await
-            .unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nhost: {ip}\r\nconnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    }
-}
 
 fn event(id: &str, type_: &str, data: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(
@@ -176,7 +58,7 @@ fn header<'a>(r: &'a kafka::Record, name: &str) -> Option<&'a str> {
 #[tokio::test]
 async fn an_event_reaches_the_receiver_signed_and_is_counted_in_the_status() {
     let _dump = LogDump::new();
-    let t = tenant("dsp-ok").await;
+    let t = Tenant::create("dsp-ok").await;
     let rx = Receiver::start().await.unwrap();
     t.webhook(
         "fraud",
@@ -257,7 +139,7 @@ async fn an_event_reaches_the_receiver_signed_and_is_counted_in_the_status() {
 #[tokio::test]
 async fn a_5xx_is_retried_with_the_same_webhook_id_until_it_succeeds() {
     let _dump = LogDump::new();
-    let t = tenant("dsp-retry").await;
+    let t = Tenant::create("dsp-retry").await;
     let rx = Receiver::start().await.unwrap();
     rx.program("/flaky", Behavior::status(500));
     t.webhook("flaky", &rx.url("/flaky"), &["transaction.*"], json!({}))
@@ -299,7 +181,7 @@ async fn a_5xx_is_retried_with_the_same_webhook_id_until_it_succeeds() {
 #[tokio::test]
 async fn a_4xx_is_dead_lettered_with_its_reason() {
     let _dump = LogDump::new();
-    let t = tenant("dsp-dlq").await;
+    let t = Tenant::create("dsp-dlq").await;
     let rx = Receiver::start().await.unwrap();
     rx.program("/bad", Behavior::status(400));
     t.webhook("bad", &rx.url("/bad"), &["transaction.*"], json!({}))
@@ -341,7 +223,7 @@ async fn a_4xx_is_dead_lettered_with_its_reason() {
 #[tokio::test]
 async fn a_malformed_record_is_dead_lettered_and_the_next_one_still_delivered() {
     let _dump = LogDump::new();
-    let t = tenant("dsp-malformed").await;
+    let t = Tenant::create("dsp-malformed").await;
     let rx = Receiver::start().await.unwrap();
     t.webhook("fraud", &rx.url("/fraud"), &["*"], json!({}))
         .await;
@@ -377,7 +259,7 @@ async fn a_malformed_record_is_dead_lettered_and_the_next_one_still_delivered() 
 #[tokio::test]
 async fn a_test_annotation_sends_one_signed_test_event_and_records_the_result() {
     let _dump = LogDump::new();
-    let t = tenant("dsp-test").await;
+    let t = Tenant::create("dsp-test").await;
     let rx = Receiver::start().await.unwrap();
     t.webhook("fraud", &rx.url("/fraud"), &["transaction.*"], json!({}))
         .await;
@@ -412,7 +294,7 @@ async fn a_test_annotation_sends_one_signed_test_event_and_records_the_result() 
 #[tokio::test]
 async fn a_key_that_is_retrying_holds_back_later_events_of_that_key() {
     let _dump = LogDump::new();
-    let t = tenant("dsp-order").await;
+    let t = Tenant::create("dsp-order").await;
     let rx = Receiver::start().await.unwrap();
     rx.program("/ord", Behavior::status(503));
     t.webhook("ord", &rx.url("/ord"), &["transaction.*"], json!({}))
@@ -469,7 +351,7 @@ async fn a_key_that_is_retrying_holds_back_later_events_of_that_key() {
 #[tokio::test]
 async fn gone_disables_the_webhook_and_dead_letters_the_event() {
     let _dump = LogDump::new();
-    let t = tenant("dsp-gone").await;
+    let t = Tenant::create("dsp-gone").await;
     let rx = Receiver::start().await.unwrap();
     rx.program("/gone", Behavior::status(410));
     t.webhook("gone", &rx.url("/gone"), &["transaction.*"], json!({}))
@@ -548,7 +430,7 @@ async fn gone_disables_the_webhook_and_dead_letters_the_event() {
 #[tokio::test]
 async fn a_pending_retry_and_the_counters_survive_a_dispatcher_restart() {
     let _dump = LogDump::new();
-    let t = tenant("dsp-restart").await;
+    let t = Tenant::create("dsp-restart").await;
     let rx = Receiver::start().await.unwrap();
     t.webhook(
         "fraud",
@@ -629,7 +511,7 @@ async fn a_pending_retry_and_the_counters_survive_a_dispatcher_restart() {
 async fn a_burst_of_events_is_delivered_completely_and_in_order_per_key() {
     use rdkafka::producer::FutureRecord;
     let _dump = LogDump::new();
-    let t = tenant("dsp-burst").await;
+    let t = Tenant::create("dsp-burst").await;
     let rx = Receiver::start().await.unwrap();
     t.webhook(
         "fraud",
@@ -677,7 +559,7 @@ async fn a_burst_of_events_is_delivered_completely_and_in_order_per_key() {
 async fn a_slow_url_does_not_slow_delivery_to_the_others() {
     use rdkafka::producer::FutureRecord;
     let _dump = LogDump::new();
-    let t = tenant("dsp-isolation").await;
+    let t = Tenant::create("dsp-isolation").await;
     let rx = Receiver::start().await.unwrap();
     rx.program(
         "/slow",
@@ -733,7 +615,7 @@ async fn a_slow_url_does_not_slow_delivery_to_the_others() {
 #[tokio::test]
 async fn after_a_rotation_deliveries_are_signed_with_both_keys() {
     let _dump = LogDump::new();
-    let t = tenant("dsp-rotate").await;
+    let t = Tenant::create("dsp-rotate").await;
     let rx = Receiver::start().await.unwrap();
     t.webhook("fraud", &rx.url("/fraud"), &["transaction.*"], json!({}))
         .await;
@@ -777,7 +659,7 @@ async fn after_a_rotation_deliveries_are_signed_with_both_keys() {
 #[tokio::test]
 async fn events_that_arrive_while_paused_are_delivered_after_the_resume() {
     let _dump = LogDump::new();
-    let t = tenant("dsp-paused").await;
+    let t = Tenant::create("dsp-paused").await;
     let rx = Receiver::start().await.unwrap();
     t.webhook(
         "fraud",

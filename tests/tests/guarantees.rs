@@ -11,155 +11,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use hookline_crds::{Webhook, conditions::types, naming};
 use hookline_dispatcher::{retry::RetryPolicy, signing};
 use hookline_tests::{
-    Env, LogDump, TestNamespace, install, kafka,
+    LogDump, install,
     receiver::{Behavior, Receiver, Recorded},
-    run_dir, wait,
+    run_dir,
+    tenant::{Tenant, WITHIN, status_count},
+    wait,
 };
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::{
-    Api, Client,
-    api::{ListParams, PostParams},
-};
-use rdkafka::producer::FutureRecord;
 use serde_json::json;
-
-const WITHIN: Duration = Duration::from_secs(120);
-
-struct Tenant {
-    env: Env,
-    client: Client,
-    ns: TestNamespace,
-    api: Api<Webhook>,
-}
-
-async fn tenant(prefix: &str) -> Tenant {
-    let env = Env::get().unwrap();
-    let client = env.client().await.unwrap();
-    // Other test processes on the same environment run `helm upgrade` too, and two at once
-    // can fail ("another operation is in progress", "release: already exists"): try again.
-    let mut tries = 0;
-    while let Err(e) = install::controller(&env, &client).await {
-        tries += 1;
-        assert!(tries < 5, "installing the controller: {e:#}");
-        eprintln!("installing the controller failed ({e:#}); trying again");
-        tokio::time::sleep(Duration::from_secs(3)).await;
-    }
-    let ns = TestNamespace::create(&env, &client, prefix).await.unwrap();
-    let api = Api::<Webhook>::namespaced(client.clone(), &ns.name);
-    Tenant {
-        env,
-        client,
-        ns,
-        api,
-    }
-}
-
-impl Tenant {
-    /// Creates a Webhook and waits until it is Ready (secret, topics, dispatcher available).
-    async fn webhook(
-        &self,
-        name: &str,
-        url: &str,
-        event_types: &[&str],
-        extra: serde_json::Value,
-    ) -> Webhook {
-        let mut spec = json!({"url": url, "eventTypes": event_types});
-        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-            s.extend(e.clone());
-        }
-        let wh: Webhook = serde_json::from_value(json!({
-            "apiVersion": "hookline.dev/v1alpha1", "kind": "Webhook",
-            "metadata": {"name": name}, "spec": spec
-        }))
-        .unwrap();
-        self.api.create(&PostParams::default(), &wh).await.unwrap();
-        wait::until(WITHIN, &format!("{name} Ready"), || async {
-            let wh = self.api.get(name).await?;
-            let ready = wh.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == types::READY && c.status == "True")
-            });
-            Ok(ready.then_some(wh))
-        })
-        .await
-        .unwrap()
-    }
-
-    fn topics(&self) -> naming::Topics {
-        naming::topics(&self.ns.name)
-    }
-
-    /// Produces `records` (key, value) to the events topic in this order — each is handed to
-    /// the producer before the next, so one key's records get increasing offsets — and waits
-    /// for every acknowledgement; returns each record's (partition, offset).
-    async fn produce_in_order(&self, records: &[(String, Vec<u8>)]) -> Vec<(i32, i64)> {
-        let producer = kafka::producer(&self.env).unwrap();
-        let topic = self.topics().events;
-        let mut pending = Vec::with_capacity(records.len());
-        for (key, value) in records {
-            let mut record = FutureRecord::to(&topic).key(key).payload(value);
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => break pending.push(delivery),
-                    Err((e, back)) => {
-                        // Only a full local queue is worth waiting out.
-                        assert!(
-                            e.rdkafka_error_code()
-                                == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                            "producing to {topic}: {e}"
-                        );
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-        }
-        let mut out = Vec::with_capacity(pending.len());
-        for delivery in futures::future::join_all(pending).await {
-            let d = delivery
-                .expect("the producer is alive")
-                .map_err(|(e, _)| e)
-                .expect("acknowledged");
-            out.push((d.partition, d.offset));
-        }
-        out
-    }
-
-    async fn signing_key(&self, webhook: &str) -> signing::Secret {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), &self.ns.name)
-            .get(&naming::signing_secret(webhook))
-            .await
-            .unwrap();
-        let text = String::from_utf8(secret.data.unwrap()["secret"].0.clone()).unwrap();
-        signing::Secret::parse(&text).unwrap()
-    }
-
-    /// Waits until `status.<field>` of `name` is at least `n`; returns its value then.
-    async fn wait_count(&self, name: &str, field: &str, n: i64) -> i64 {
-        wait::until(WITHIN, &format!("{name} status.{field} >= {n}"), || async {
-            let wh = self.api.get(name).await?;
-            let status = serde_json::to_value(&wh.status)?;
-            let got = status[field].as_i64().unwrap_or(0);
-            anyhow::ensure!(got >= n, "status.{field} = {got}");
-            Ok(Some(got))
-        })
-        .await
-        .unwrap()
-    }
-
-    /// The tenant's running dispatcher Pods (in the operator namespace).
-    async fn dispatcher_pods(&self) -> Vec<Pod> {
-        Api::<Pod>::namespaced(self.client.clone(), install::OPERATOR_NAMESPACE)
-            .list(&ListParams::default().labels(&format!("hookline.dev/tenant={}", self.ns.name)))
-            .await
-            .unwrap()
-            .items
-    }
-}
 
 /// The pid the pod runner recorded for the dispatcher container of Pod `pod`.
 fn dispatcher_pid(pod: &str) -> Option<i32> {
@@ -232,7 +92,7 @@ const CLOCK_SLACK: Duration = Duration::from_millis(50);
 #[tokio::test]
 async fn fan_out_delivers_exactly_the_matching_events_to_each_of_three_webhooks() {
     let _dump = LogDump::new();
-    let t = tenant("grt-fanout").await;
+    let t = Tenant::create("grt-fanout").await;
     let rx = Receiver::start().await.unwrap();
     t.webhook(
         "exact",
@@ -328,7 +188,11 @@ async fn fan_out_delivers_exactly_the_matching_events_to_each_of_three_webhooks(
 
     // The status counts agree with the receiver.
     for (name, n) in [("exact", 4), ("glob", 5), ("all", 12)] {
-        assert_eq!(t.wait_count(name, "delivered", n).await, n, "{name}");
+        assert_eq!(
+            status_count(&t.wait_count(name, "delivered", n).await, "delivered"),
+            n,
+            "{name}"
+        );
     }
     assert_eq!(rx.all_requests().len(), 4 + 5 + 12, "no late extras");
 }
@@ -336,7 +200,7 @@ async fn fan_out_delivers_exactly_the_matching_events_to_each_of_three_webhooks(
 #[tokio::test]
 async fn a_503_three_times_then_200_is_delivered_on_the_fourth_attempt_with_the_same_webhook_id() {
     let _dump = LogDump::new();
-    let t = tenant("grt-503").await;
+    let t = Tenant::create("grt-503").await;
     let rx = Receiver::start().await.unwrap();
     rx.program_script(
         "/flaky",
@@ -407,7 +271,7 @@ async fn a_503_three_times_then_200_is_delivered_on_the_fourth_attempt_with_the_
 async fn a_429_with_retry_after_is_retried_no_sooner_than_asked_and_never_sooner_than_the_schedule()
 {
     let _dump = LogDump::new();
-    let t = tenant("grt-429").await;
+    let t = Tenant::create("grt-429").await;
     let rx = Receiver::start().await.unwrap();
     let busy = |after: &str| Behavior {
         status: 429,
@@ -464,7 +328,7 @@ async fn after_a_kill_9_mid_stream_every_one_of_5000_events_arrives_at_least_onc
     const EVENTS: usize = 5000;
     const KEYS: usize = 500;
     let _dump = LogDump::new();
-    let t = tenant("grt-kill").await;
+    let t = Tenant::create("grt-kill").await;
     let rx = Receiver::start().await.unwrap();
     rx.program("/fraud", Behavior::fail_ratio(0.2, 0x5eed));
     t.webhook("fraud", &rx.url("/fraud"), &["transaction.*"], json!({}))
@@ -573,7 +437,7 @@ async fn per_key_order_holds_at_each_webhook_for_50_keys_of_40_events_under_tran
     const KEYS: usize = 50;
     const PER_KEY: usize = 40;
     let _dump = LogDump::new();
-    let t = tenant("grt-order").await;
+    let t = Tenant::create("grt-order").await;
     let rx = Receiver::start().await.unwrap();
     rx.program("/ledger", Behavior::fail_every(5));
     rx.program("/audit", Behavior::fail_ratio(0.2, 0x0de7));
@@ -688,7 +552,7 @@ async fn a_url_that_takes_30s_per_request_does_not_hold_up_1000_events_to_anothe
     const EVENTS: usize = 1000;
     const KEYS: usize = 100;
     let _dump = LogDump::new();
-    let t = tenant("grt-slow").await;
+    let t = Tenant::create("grt-slow").await;
     let rx = Receiver::start().await.unwrap();
     rx.program(
         "/slow",

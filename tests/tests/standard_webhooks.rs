@@ -11,89 +11,14 @@
 
 use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
-use hookline_crds::{Webhook, conditions::types, naming};
 use hookline_tests::{
-    Env, LogDump, TestNamespace, install, kafka, python, random_suffix,
+    LogDump, install, python, random_suffix,
     receiver::{Receiver, Recorded},
+    tenant::{Tenant, WITHIN},
     wait,
 };
-use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams, PostParams},
-};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
-
-const WITHIN: Duration = Duration::from_secs(120);
-
-struct Tenant {
-    env: Env,
-    client: Client,
-    ns: TestNamespace,
-    api: Api<Webhook>,
-}
-
-async fn tenant(prefix: &str) -> Tenant {
-    let env = Env::get().unwrap();
-    let client = env.client().await.unwrap();
-    install::controller(&env, &client).await.unwrap();
-    let ns = TestNamespace::create(&env, &client, prefix).await.unwrap();
-    let api = Api::<Webhook>::namespaced(client.clone(), &ns.name);
-    Tenant {
-        env,
-        client,
-        ns,
-        api,
-    }
-}
-
-impl Tenant {
-    /// Creates a Webhook and waits until it is Ready (secret, topics, dispatcher available).
-    async fn webhook(&self, name: &str, url: &str, event_types: &[&str]) {
-        let wh: Webhook = serde_json::from_value(json!({
-            "apiVersion": "hookline.dev/v1alpha1", "kind": "Webhook",
-            "metadata": {"name": name},
-            "spec": {"url": url, "eventTypes": event_types, "headers": {"x-team": "risk"}}
-        }))
-        .unwrap();
-        self.api.create(&PostParams::default(), &wh).await.unwrap();
-        wait::until(WITHIN, &format!("{name} Ready"), || async {
-            let wh = self.api.get(name).await?;
-            let ready = wh.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == types::READY && c.status == "True")
-            });
-            Ok(ready.then_some(()))
-        })
-        .await
-        .unwrap();
-    }
-
-    async fn produce(&self, key: &str, value: &[u8]) {
-        let producer = kafka::producer(&self.env).unwrap();
-        kafka::produce(
-            &producer,
-            &naming::topics(&self.ns.name).events,
-            Some(key),
-            value,
-            &[],
-        )
-        .await
-        .unwrap();
-    }
-
-    /// The `whsec_…` text of the Webhook's signing Secret, as a customer copies it out.
-    async fn whsec(&self, webhook: &str) -> String {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), &self.ns.name)
-            .get(&naming::signing_secret(webhook))
-            .await
-            .unwrap();
-        let text = String::from_utf8(secret.data.unwrap()["secret"].0.clone()).unwrap();
-        assert!(text.starts_with("whsec_"), "the Secret holds a whsec_ key");
-        text
-    }
-}
 
 /// Files of one test in the temp dir, removed when dropped (they hold a signing key).
 struct Scratch(PathBuf);
@@ -207,10 +132,15 @@ async fn the_standardwebhooks_library_verifies_every_delivery_and_refuses_a_tamp
         .unwrap()
         .expect("a venv with the PyPI standardwebhooks library");
     let _dump = LogDump::new();
-    let t = tenant("swh").await;
+    let t = Tenant::create("swh").await;
     let rx = Receiver::start().await.unwrap();
-    t.webhook("fraud", &rx.url("/fraud"), &["transaction.*"])
-        .await;
+    t.webhook(
+        "fraud",
+        &rx.url("/fraud"),
+        &["transaction.*"],
+        json!({"headers": {"x-team": "risk"}}),
+    )
+    .await;
     let whsec = t.whsec("fraud").await;
 
     for i in 0..N {
@@ -308,10 +238,15 @@ async fn during_a_key_rotation_a_receiver_with_either_key_verifies_the_deliverie
         .unwrap()
         .expect("a venv with the PyPI standardwebhooks library");
     let _dump = LogDump::new();
-    let t = tenant("swh-rot").await;
+    let t = Tenant::create("swh-rot").await;
     let rx = Receiver::start().await.unwrap();
-    t.webhook("fraud", &rx.url("/fraud"), &["transaction.*"])
-        .await;
+    t.webhook(
+        "fraud",
+        &rx.url("/fraud"),
+        &["transaction.*"],
+        json!({"headers": {"x-team": "risk"}}),
+    )
+    .await;
     let old = t.whsec("fraud").await;
 
     let patch = json!({"metadata": {"annotations": {"hookline.dev/rotate-secret": "r1"}}});
