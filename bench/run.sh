@@ -3,7 +3,7 @@
 #   1. tools into the cache (as `make test` does)
 #   2. the local environment, unless one is already up (then it is used and left running)
 #   3. release builds of hookline-dispatcher (the system under test) and hookline-bench
-#   4. hookline-bench with the given flags (`--quick` for a subset); results in bench/results/
+#   4. hookline-bench with the given flags (`--quick` for a subset); results in bench/results/runs/ (git-ignored)
 #   5. the environment stopped again if this script started it, also on failure
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -27,6 +27,9 @@ localenv/tools.sh
 step "cargo fmt --check"
 cargo fmt --all --check
 
+step "layout: core free of I/O crates, controller apart from dispatcher, no module cycles"
+python3 localenv/check-layout.py
+
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -1,10 +1,12 @@
-//! The benchmark's view of the local environment: facts flow in from the
-//! environment's `env.sh` ([`Env`]), and out go the objects a benchmark
-//! needs — its own tenant namespace ([`Tenant`]) with a shared signing Secret
-//! and its `Webhook`s, the controller installed if it is not, and Kafka topics
-//! of its own per run ([`RunTopics`], created with the admin API and deleted
-//! afterwards) so that each run starts from an empty log and a fresh
-//! consumer group.
+//! The benchmark's view of the local environment, built on the test harness
+//! (`hookline-tests`): facts flow in from the environment's `env.sh`
+//! ([`Env`], read and never started: a benchmark measures the environment it
+//! is given), the controller is installed with the test settings if it does
+//! not run ([`ensure_controller`]), and out go what a benchmark adds of its
+//! own — a harness tenant with a shared signing Secret and many `Webhook`s
+//! created in parallel ([`Tenant`]), and Kafka topics per run ([`RunTopics`],
+//! created and deleted afterwards) so that each run starts from an empty log
+//! and a fresh consumer group.
 //!
 //! Why topics of its own: the controller runs a dispatcher of its own for
 //! every tenant (a debug build, started by the pod runner). The benchmark's
@@ -12,126 +14,28 @@
 //! topics; the controller's copy reads `hookline.<ns>.events`, which nobody
 //! writes, and stays idle.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use hookline_core::{conditions::types, naming};
 use hookline_crds::Webhook;
-use hookline_crds::conditions::types;
+use hookline_tests::{install, kafka, run_dir, tenant, wait};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
 use serde_json::json;
 
-/// The operator namespace.
-pub const OPERATOR_NAMESPACE: &str = "hookline-system";
+pub use hookline_tests::Env;
+
 /// The signing Secret every benchmark `Webhook` refers to (unless generated).
 pub const SIGNING_SECRET: &str = "bench-signing";
 /// Its key: 32 bytes, `whsec_` + base64.
 pub const SIGNING_KEY: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
-/// The local environment, from `env.sh`.
-#[derive(Debug, Clone)]
-pub struct Env {
-    /// Every `export` of `env.sh`.
-    pub vars: HashMap<String, String>,
-    /// Admin kubeconfig.
-    pub kubeconfig: PathBuf,
-    /// `127.0.0.1:PORT` of Kafka.
-    pub kafka_bootstrap: String,
-    /// The run directory (pids, logs).
-    pub run_dir: PathBuf,
-}
-
-/// `~/.cache/hookline`, or `$HOOKLINE_CACHE`.
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("HOOKLINE_CACHE").map_or_else(
-        || {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/hookline")
-        },
-        PathBuf::from,
-    )
-}
-
-/// Reads `export KEY=VALUE` lines (values optionally quoted).
-pub fn parse_env_sh(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("export "))
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| {
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                .unwrap_or(v);
-            (k.trim().to_owned(), v.to_owned())
-        })
-        .collect()
-}
-
-impl Env {
-    /// Reads `$HOOKLINE_RUN_DIR/env.sh` (default `~/.cache/hookline/run`).
-    ///
-    /// # Errors
-    /// When the environment is not up (`make env-up`).
-    pub fn read() -> anyhow::Result<Env> {
-        let run_dir = std::env::var_os("HOOKLINE_RUN_DIR")
-            .map_or_else(|| cache_dir().join("run"), PathBuf::from);
-        let path = run_dir.join("env.sh");
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "reading {} (is the environment up? make env-up)",
-                path.display()
-            )
-        })?;
-        let vars = parse_env_sh(&text);
-        let get = |k: &str| {
-            vars.get(k)
-                .cloned()
-                .with_context(|| format!("{} does not set {k}", path.display()))
-        };
-        Ok(Env {
-            kubeconfig: get("KUBECONFIG")?.into(),
-            kafka_bootstrap: get("HOOKLINE_KAFKA_BOOTSTRAP")?,
-            run_dir,
-            vars,
-        })
-    }
-
-    /// The Kafka broker's pid, from the environment's pid file.
-    pub fn kafka_pid(&self) -> Option<u32> {
-        pid_file(&self.run_dir.join("pids/kafka.pid"))
-    }
-
-    /// An admin client.
-    ///
-    /// # Errors
-    /// When the kubeconfig cannot be read.
-    pub async fn client(&self) -> anyhow::Result<Client> {
-        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-        Ok(Client::try_from(config)?)
-    }
-
-    fn kafka(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.kafka_bootstrap);
-        c
-    }
-}
-
-fn pid_file(path: &Path) -> Option<u32> {
-    // `<pid> <start time>`: the environment records the start time to detect reuse.
-    std::fs::read_to_string(path)
+/// The Kafka broker's pid, from the environment's pid file (`<pid> <start time>`: the
+/// environment records the start time to detect reuse).
+pub fn kafka_pid() -> Option<u32> {
+    std::fs::read_to_string(run_dir().join("pids/kafka.pid"))
         .ok()?
         .split_whitespace()
         .next()?
@@ -139,81 +43,32 @@ fn pid_file(path: &Path) -> Option<u32> {
         .ok()
 }
 
-/// Makes sure the Hookline controller runs (installs the chart with the test
-/// settings — `allowHttp`, `allowCidrs: [127.0.0.0/8]` — when it does not).
+/// Makes sure the Hookline controller runs: when it is not available, installs
+/// the CRDs and the chart with the test settings (`allowHttp`, `allowCidrs:
+/// [127.0.0.0/8]`) as the tests do; a running controller is left as it is.
 ///
 /// # Errors
-/// When helm fails or the controller does not become available in 3 minutes.
-pub async fn ensure_controller(env: &Env, client: &Client, repo: &Path) -> anyhow::Result<()> {
-    let deployments = Api::<Deployment>::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let available = |d: Option<Deployment>| {
-        d.and_then(|d| d.status)
-            .is_some_and(|s| s.available_replicas.unwrap_or(0) >= 1)
-    };
-    if available(deployments.get_opt("hookline-controller").await?) {
+/// When helm fails or the controller does not become available.
+pub async fn ensure_controller(env: &Env, client: &Client) -> anyhow::Result<()> {
+    let controller = Api::<Deployment>::namespaced(client.clone(), install::OPERATOR_NAMESPACE)
+        .get_opt("hookline-controller")
+        .await?;
+    let available = controller
+        .and_then(|d| d.status)
+        .is_some_and(|s| s.available_replicas.unwrap_or(0) >= 1);
+    if available {
         return Ok(());
     }
     eprintln!("hookline-controller is not running: installing the chart with the test settings");
-    let kubectl = env
-        .vars
-        .get("HOOKLINE_KUBECTL")
-        .context("env.sh does not set HOOKLINE_KUBECTL")?;
-    run(Command::new(kubectl)
-        .env("KUBECONFIG", &env.kubeconfig)
-        .args(["apply", "--server-side", "--force-conflicts", "-f"])
-        .arg(repo.join("crds/manifests")))?;
-    let helm = env
-        .vars
-        .get("HOOKLINE_HELM")
-        .context("env.sh does not set HOOKLINE_HELM")?;
-    let mut cmd = Command::new(helm);
-    cmd.env("KUBECONFIG", &env.kubeconfig)
-        .args(["upgrade", "--install", "hookline"])
-        .arg(repo.join("charts/hookline"))
-        .args([
-            "--namespace",
-            OPERATOR_NAMESPACE,
-            "--create-namespace",
-            "--skip-crds",
-        ]);
-    for v in [
-        format!("kafka.bootstrapServers={}", env.kafka_bootstrap),
-        "image.tag=dev".into(),
-        "delivery.allowHttp=true".into(),
-        "delivery.allowCidrs={127.0.0.0/8}".into(),
-        "kafka.topics.partitions=3".into(),
-        "kafka.topics.replicationFactor=1".into(),
-    ] {
-        cmd.arg("--set").arg(v);
-    }
-    run(&mut cmd)?;
-    let end = Instant::now() + Duration::from_secs(180);
-    while Instant::now() < end {
-        if available(deployments.get_opt("hookline-controller").await?) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    bail!("hookline-controller did not become available within 3 minutes")
+    install::controller(env, client).await
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A benchmark tenant: a namespace of its own, deleted by [`Tenant::delete`].
+/// A benchmark tenant: the harness's tenant namespace `hl-bench-<label>-<random>`
+/// with the shared signing Secret; deleted by [`Tenant::delete`] (and, as any
+/// harness namespace, when dropped).
 pub struct Tenant {
-    /// The namespace.
-    pub name: String,
-    client: Client,
-    api: Api<Webhook>,
+    /// The harness tenant: environment, admin client, namespace, `Webhook` API.
+    pub inner: tenant::Tenant,
 }
 
 /// One `Webhook` to create.
@@ -232,30 +87,27 @@ pub struct WebhookDef {
 }
 
 impl Tenant {
-    /// Creates namespace `hlb-<label>-<random>` and the shared signing Secret.
+    /// Creates the namespace and the shared signing Secret.
     ///
     /// # Errors
     /// When the API server refuses.
-    pub async fn create(client: &Client, label: &str) -> anyhow::Result<Tenant> {
-        let name = format!("hlb-{label}-{}", suffix());
-        let ns: Namespace = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"hookline.dev/bench": "true"}}
-        }))?;
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await?;
+    pub async fn create(env: &Env, client: &Client, label: &str) -> anyhow::Result<Tenant> {
+        let inner =
+            tenant::Tenant::create_in(env.clone(), client.clone(), &format!("bench-{label}"))
+                .await?;
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": SIGNING_SECRET},
             "stringData": {"secret": SIGNING_KEY}
         }))?;
-        Api::<Secret>::namespaced(client.clone(), &name)
+        Api::<Secret>::namespaced(client.clone(), &inner.ns.name)
             .create(&PostParams::default(), &secret)
             .await?;
-        Ok(Tenant {
-            api: Api::namespaced(client.clone(), &name),
-            client: client.clone(),
-            name,
-        })
+        Ok(Tenant { inner })
+    }
+
+    /// The namespace.
+    pub fn name(&self) -> &str {
+        &self.inner.ns.name
     }
 
     /// Creates `defs`, `parallel` at a time.
@@ -270,7 +122,7 @@ impl Tenant {
         use futures::StreamExt as _;
         let results: Vec<anyhow::Result<()>> = futures::stream::iter(defs.iter().cloned())
             .map(|d| {
-                let api = self.api.clone();
+                let api = self.inner.api.clone();
                 async move {
                     let mut spec = json!({"url": d.url, "eventTypes": d.event_types});
                     if let Some(delivery) = d.delivery {
@@ -298,17 +150,11 @@ impl Tenant {
     /// # Errors
     /// When the list fails.
     pub async fn ready(&self) -> anyhow::Result<(usize, usize)> {
-        let list = self.api.list(&ListParams::default()).await?;
+        let list = self.inner.api.list(&ListParams::default()).await?;
         let ready = list
             .items
             .iter()
-            .filter(|w| {
-                w.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == types::READY && c.status == "True")
-                })
-            })
+            .filter(|w| wait::condition_is_true(w, types::READY))
             .count();
         Ok((ready, list.items.len()))
     }
@@ -332,7 +178,7 @@ impl Tenant {
             if Instant::now() > end {
                 eprintln!(
                     "  {}: {ready} of {all} Webhooks Ready after {limit:?}",
-                    self.name
+                    self.name()
                 );
                 return Ok(None);
             }
@@ -341,25 +187,13 @@ impl Tenant {
     }
 
     /// Deletes the namespace (without waiting) and the controller's topics of it.
-    pub async fn delete(&self, env: &Env) {
-        let _ = Api::<Namespace>::all(self.client.clone())
-            .delete(&self.name, &DeleteParams::default())
-            .await;
-        let topics = hookline_crds::naming::topics(&self.name);
-        let names: Vec<String> = topics.all().into_iter().map(str::to_owned).collect();
+    pub async fn delete(&self) {
+        let t = &self.inner;
+        t.ns.delete(&t.client).await;
+        let names: Vec<String> = t.topics().all().into_iter().map(str::to_owned).collect();
         // The controller keeps a deleted tenant's topics by design; a benchmark's are litter.
-        delete_topics(env, &names).await;
+        kafka::delete_topics(&t.env, &names).await;
     }
-}
-
-/// A short random lowercase suffix.
-pub fn suffix() -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mix = (n as u64 ^ u64::from(std::process::id()).rotate_left(32))
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    format!("{:08x}", mix >> 32)
 }
 
 /// The topics and consumer group of one benchmark run.
@@ -383,7 +217,7 @@ impl RunTopics {
         let base = format!("hlb.{ns}.{run}");
         RunTopics {
             events: format!("{base}.events"),
-            retry: hookline_crds::naming::RETRY_TIERS
+            retry: naming::RETRY_TIERS
                 .iter()
                 .map(|(_, t)| ((*t).to_owned(), format!("{base}.retry.{t}")))
                 .collect(),
@@ -407,34 +241,13 @@ impl RunTopics {
     /// # Errors
     /// When Kafka refuses.
     pub async fn create(&self, env: &Env, partitions: i32) -> anyhow::Result<()> {
-        let admin: AdminClient<DefaultClientContext> = env.kafka().create()?;
-        let names = self.all();
-        let new: Vec<NewTopic<'_>> = names
-            .iter()
-            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
-            .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        for r in admin.create_topics(&new, &opts).await? {
-            if let Err((t, code)) = r {
-                bail!("creating topic {t}: {code}");
-            }
-        }
-        Ok(())
+        kafka::create_topics(env, &self.all(), partitions).await
     }
 
     /// Deletes them.
     pub async fn delete(&self, env: &Env) {
-        delete_topics(env, &self.all()).await;
+        kafka::delete_topics(env, &self.all()).await;
     }
-}
-
-async fn delete_topics(env: &Env, names: &[String]) {
-    let Ok(admin) = env.kafka().create::<AdminClient<DefaultClientContext>>() else {
-        return;
-    };
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let _ = admin.delete_topics(&refs, &opts).await;
 }
 
 #[cfg(test)]
@@ -445,14 +258,8 @@ mod tests {
     fn run_topics_have_every_tier_and_a_group_of_their_own() {
         let t = RunTopics::new("hlb-x-1", "r3");
         assert_eq!(t.events, "hlb.hlb-x-1.r3.events");
-        assert_eq!(t.retry.len(), hookline_crds::naming::RETRY_TIERS.len());
+        assert_eq!(t.retry.len(), naming::RETRY_TIERS.len());
         assert_eq!(t.all().len(), 3 + t.retry.len());
         assert!(t.group.contains("r3"));
-    }
-
-    #[test]
-    fn env_sh_is_read() {
-        let v = parse_env_sh("export A=1\nexport B=\"x y\"\n");
-        assert_eq!(v["B"], "x y");
     }
 }

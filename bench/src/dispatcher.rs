@@ -6,6 +6,7 @@
 //! ([`Dispatcher::counters`]) and the process ends with SIGTERM, as a
 //! Deployment's Pod would.
 
+use hookline_core::args::{DispatcherArgs, parse_tier};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -68,22 +69,21 @@ impl Dispatcher {
     pub fn start(env: &Env, opts: &Options) -> anyhow::Result<Dispatcher> {
         let port = free_port()?;
         let t = &opts.topics;
-        let mut args = vec![
-            format!("--tenant-namespace={}", opts.namespace),
-            format!("--kafka-bootstrap={}", env.kafka_bootstrap),
-            format!("--events-topic={}", t.events),
-            format!("--dead-letter-topic={}", t.dead_letter),
-            format!("--attempts-topic={}", t.attempts),
-            format!("--consumer-group={}", t.group),
-            format!("--listen=127.0.0.1:{port}"),
-            "--allow-http".into(),
-            "--allow-cidr=127.0.0.0/8".into(),
-        ];
-        args.extend(
-            t.retry
-                .iter()
-                .map(|(tier, topic)| format!("--retry-topic={tier}={topic}")),
-        );
+        let mut settings = DispatcherArgs::for_tenant(&opts.namespace, &env.kafka_bootstrap);
+        settings.events_topic.clone_from(&t.events);
+        settings.dead_letter_topic.clone_from(&t.dead_letter);
+        settings.attempts_topic.clone_from(&t.attempts);
+        settings.consumer_group.clone_from(&t.group);
+        settings.listen = format!("127.0.0.1:{port}");
+        settings.address.allow_http = true;
+        settings.address.allow_cidrs = vec!["127.0.0.0/8".parse()?];
+        settings.retry_topics = t
+            .retry
+            .iter()
+            .map(|(tier, topic)| parse_tier(&format!("{tier}={topic}")))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let args = settings.to_args();
         if let Some(dir) = opts.log.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -217,7 +217,7 @@ pub fn default_bin() -> PathBuf {
             return candidate;
         }
     }
-    crate::cluster::cache_dir().join("target/release/hookline-dispatcher")
+    hookline_tests::cache_dir().join("target/release/hookline-dispatcher")
 }
 
 #[cfg(test)]

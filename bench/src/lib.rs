@@ -3,11 +3,12 @@
 //! a local HTTP sink — against a raw HTTP client doing the same requests with
 //! no Kafka and no signing, and writes what it found as JSON and a table.
 //!
-//! Flow: [`cluster`] (the environment, a tenant, run topics) → [`producer`]
-//! (the load) → [`dispatcher`] (the process under test) → [`sink`] (receive
-//! and record) / [`baseline`] (the raw client) → [`runner`] (one run,
-//! sampled by [`procstat`]) → [`scenarios`] (points of issue 7, repeated)
-//! → [`stats`] and [`report`]. Every time is read from [`clock`].
+//! Flow: [`cluster`] (the environment, a tenant and run topics, on the test
+//! harness `hookline-tests`) → [`producer`] (the load) → [`dispatcher`] (the
+//! process under test) → [`sink`] (receive and record) / [`baseline`] (the raw
+//! client) → [`runner`] (one run, watched by [`sampler`] through [`procstat`])
+//! → [`scenarios`] (points of issue 7, a module each, repeated) → [`stats`]
+//! and [`report`]. Every time is read from [`clock`].
 
 pub mod baseline;
 pub mod clock;
@@ -17,6 +18,7 @@ pub mod procstat;
 pub mod producer;
 pub mod report;
 pub mod runner;
+pub mod sampler;
 pub mod scenarios;
 pub mod sink;
 pub mod stats;

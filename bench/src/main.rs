@@ -1,5 +1,6 @@
 //! `hookline-bench`: runs the benchmark scenarios against the local
-//! environment (`make env-up`) and writes `bench/results/<time>.{json,txt}`.
+//! environment (`make env-up`) and writes `bench/results/runs/<time>.{json,txt}`
+//! (git-ignored; the release's figures are committed as `bench/results/v<version>.*`).
 //! `make bench` builds the release binaries and runs it; see `BENCHMARKS.md`.
 
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use hookline_bench::report::{self, Machine, Report};
 use hookline_bench::runner::Bench;
 use hookline_bench::scenarios::{self, Ctx, PORTS, Plan};
 use hookline_bench::sink::{Mode, Sink};
+use hookline_tests::{cache_dir, repo_root};
 
 /// Benchmarks Hookline's delivery path against a raw-client baseline.
 #[derive(Parser, Debug)]
@@ -56,15 +58,9 @@ struct Cli {
     /// Hookline run into this directory; use a build with debug line tables for symbols.
     #[arg(long)]
     perf: Option<PathBuf>,
-    /// Where results go (default: `bench/results` of this checkout).
+    /// Where results go (default: `bench/results/runs` of this checkout, git-ignored).
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), PathBuf::from)
 }
 
 fn plan(cli: &Cli) -> Plan {
@@ -118,7 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo = repo_root();
     let env = Env::read()?;
     let client = env.client().await?;
-    cluster::ensure_controller(&env, &client, &repo).await?;
+    cluster::ensure_controller(&env, &client).await?;
     let bin = cli
         .dispatcher_bin
         .clone()
@@ -137,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("--dispatcher-env wants KEY=VALUE")
         })
         .collect::<anyhow::Result<_>>()?;
-    let logs = cluster::cache_dir().join("bench/logs").join(&stamp);
+    let logs = cache_dir().join("bench/logs").join(&stamp);
     eprintln!(
         "hookline-bench: dispatcher {}, logs in {}",
         bin.display(),
@@ -185,7 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = cli
         .out
         .clone()
-        .unwrap_or_else(|| repo.join("bench/results"));
+        .unwrap_or_else(|| repo.join(report::RUNS_DIR));
     let (json, text) = report::write(&report, &out, &stamp)?;
     println!("{}", report::table(&report));
     eprintln!("wrote {} and {}", json.display(), text.display());

@@ -1,7 +1,11 @@
 //! The output: the [`Report`] (machine, plan, build, every run of every
-//! point with its summary) is written as JSON under `bench/results/` and
+//! point with its summary) is written as JSON under [`RUNS_DIR`] and
 //! rendered as a human table ([`table`]) printed at the end and written next
 //! to the JSON.
+//!
+//! Runs are many and stay local: [`RUNS_DIR`] is git-ignored. The figures a
+//! release quotes in `BENCHMARKS.md` are one run, copied to
+//! `bench/results/v<version>.{json,txt}` and committed, one per release.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,6 +14,9 @@ use serde::Serialize;
 
 use crate::scenarios::{Plan, Point};
 use crate::stats::Spread;
+
+/// Where runs are written by default, relative to the repository root (git-ignored).
+pub const RUNS_DIR: &str = "bench/results/runs";
 
 /// The machine the figures come from.
 #[derive(Debug, Clone, Serialize)]

@@ -1,16 +1,25 @@
 //! The scenarios of issue 7, each a list of [`Point`]s: a tenant namespace
 //! with its `Webhook`s is made for a scenario, then every point alternates
 //! baseline and Hookline runs (so slow drifts of a shared machine hit both),
-//! and the runs are summarised as median / min / max.
+//! and the runs are summarised as median / min / max. A [`Plan`] flows in,
+//! [`run`] hands it to each scenario's module in turn, and the points flow out
+//! to the report.
 //!
-//! | # | scenario | load |
-//! | --- | --- | --- |
-//! | 1 | throughput | backlog drained by 1 and 10 webhooks (each event to one), 1 KiB and 5 KiB |
-//! | 2 | latency | open loop at 100, 1,000, 5,000 events/s to one webhook |
-//! | 3 | fan-out | backlog, each event to all of 10 and of 100 webhooks |
-//! | 4 | isolation | 1 and 2 again with one more webhook whose receiver never answers |
-//! | 5 | scale | 1,000 webhooks: controller time to Ready, dispatcher RSS and CPU |
-//! | 6 | recovery | receiver refuses while a backlog builds up, then comes back |
+//! | # | scenario | load | module |
+//! | --- | --- | --- | --- |
+//! | 1 | throughput | backlog drained by 1 and 10 webhooks (each event to one), 1 KiB and 5 KiB | [`throughput`] |
+//! | 2 | latency | open loop at 100, 1,000, 5,000 events/s to one webhook | [`latency`] |
+//! | 3 | fan-out | backlog, each event to all of 10 and of 100 webhooks | [`fan_out`] |
+//! | 4 | isolation | 1 and 2 again with one more webhook whose receiver never answers | [`isolation`] |
+//! | 5 | scale | 1,000 webhooks: controller time to Ready, dispatcher RSS and CPU | [`scale`] |
+//! | 6 | recovery | receiver refuses while a backlog builds up, then comes back | [`recovery`] |
+
+pub mod fan_out;
+pub mod isolation;
+pub mod latency;
+pub mod recovery;
+pub mod scale;
+pub mod throughput;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -288,18 +297,8 @@ fn defs(
         .collect()
 }
 
-fn dead(index: usize, sink: &crate::sink::Sink) -> WebhookDef {
-    WebhookDef {
-        name: "dead".into(),
-        url: sink.url(BLACKHOLE_PORT, index),
-        event_types: vec!["bench.*".into()],
-        delivery: Some(json!({"timeout": "5s"})),
-        shared_secret: true,
-    }
-}
-
 async fn tenant(ctx: &Ctx<'_>, label: &str, defs: &[WebhookDef]) -> anyhow::Result<Tenant> {
-    let t = Tenant::create(&ctx.client, label).await?;
+    let t = Tenant::create(ctx.env, &ctx.client, label).await?;
     t.create_webhooks(defs, 8).await?;
     if t.wait_ready(Duration::from_secs(180), Instant::now())
         .await?
@@ -408,7 +407,7 @@ fn setup(
 ) -> Setup {
     let sink = &ctx.bench.sink;
     Setup {
-        ns: t.name.clone(),
+        ns: t.name().to_owned(),
         webhooks: total,
         per_event: if fan_out { webhooks } else { 1 },
         types,
@@ -423,226 +422,20 @@ fn kib(bytes: usize) -> String {
     format!("{} KiB", bytes / 1024)
 }
 
-/// Scenario 1, and the throughput half of 4.
-async fn throughput(ctx: &Ctx<'_>, out: &mut Vec<Point>, isolation: bool) -> anyhow::Result<()> {
-    let sink = &ctx.bench.sink;
-    for &w in &ctx.plan.webhooks {
-        let per_type = |i: usize| vec![format!("bench.w{i:04}")];
-        let mut d = defs(ctx, w, per_type, true);
-        if isolation {
-            d.push(dead(w, sink));
-        }
-        let label = if isolation {
-            format!("iso{w}")
-        } else {
-            format!("tp{w}")
-        };
-        let t = tenant(ctx, &label, &d).await?;
-        let types: Vec<String> = (0..w).map(|i| format!("bench.w{i:04}")).collect();
-        let payloads = if isolation {
-            vec![1024]
-        } else {
-            ctx.plan.payloads.clone()
-        };
-        for &bytes in &payloads {
-            let events = if bytes > 1024 {
-                ctx.plan.backlog_5k
-            } else {
-                ctx.plan.backlog_1k
-            };
-            let s = setup(ctx, &t, w, d.len(), false, types.clone(), bytes);
-            let (scenario, name) = if isolation {
-                (
-                    "isolation",
-                    format!("{w} webhook(s) + 1 dead, {}", kib(bytes)),
-                )
-            } else {
-                ("throughput", format!("{w} webhook(s), {}", kib(bytes)))
-            };
-            eprintln!("== {scenario}: {name}, backlog of {events}");
-            let p = Point::new(
-                scenario,
-                name,
-                "rate",
-                json!({"webhooks": w, "dead": isolation, "value_bytes": bytes, "events": events, "partitions": ctx.bench.partitions}),
-            );
-            out.push(backlog_point(ctx, p, &s, events, !isolation).await);
-        }
-        t.delete(ctx.env).await;
-    }
-    Ok(())
-}
-
-/// Scenario 2, and the latency half of 4.
-async fn latency(ctx: &Ctx<'_>, out: &mut Vec<Point>, isolation: bool) -> anyhow::Result<()> {
-    let sink = &ctx.bench.sink;
-    let mut d = defs(ctx, 1, |_| vec!["bench.*".into()], true);
-    if isolation {
-        d.push(dead(1, sink));
-    }
-    let t = tenant(ctx, if isolation { "isolat" } else { "lat" }, &d).await?;
-    let s = setup(ctx, &t, 1, d.len(), false, vec!["bench.event".into()], 1024);
-    let rates = if isolation {
-        vec![1000.0]
-    } else {
-        ctx.plan.rates.clone()
-    };
-    for rate in rates {
-        let (scenario, name) = if isolation {
-            (
-                "isolation",
-                format!("{rate:.0} events/s, 1 webhook + 1 dead"),
-            )
-        } else {
-            ("latency", format!("{rate:.0} events/s"))
-        };
-        eprintln!("== {scenario}: {name} for {} s", ctx.plan.rate_secs);
-        let p = Point::new(
-            scenario,
-            name,
-            "latency",
-            json!({"rate": rate, "seconds": ctx.plan.rate_secs, "webhooks": 1, "dead": isolation, "value_bytes": 1024}),
-        );
-        out.push(rate_point(ctx, p, &s, rate, ctx.plan.rate_secs, !isolation).await);
-    }
-    t.delete(ctx.env).await;
-    Ok(())
-}
-
-/// Scenario 3.
-async fn fan_out(ctx: &Ctx<'_>, out: &mut Vec<Point>) -> anyhow::Result<()> {
-    for &f in &ctx.plan.fanouts {
-        let d = defs(ctx, f, |_| vec!["bench.*".into()], true);
-        let t = tenant(ctx, &format!("fan{f}"), &d).await?;
-        let events = ctx.plan.fanout_deliveries / f;
-        let s = setup(ctx, &t, f, f, true, vec!["bench.event".into()], 1024);
-        let name = format!("1 event → {f} webhooks, 1 KiB");
-        eprintln!("== fan-out: {name}, {events} events");
-        let p = Point::new(
-            "fan-out",
-            name,
-            "rate",
-            json!({"fan_out": f, "events": events, "value_bytes": 1024}),
-        );
-        out.push(backlog_point(ctx, p, &s, events, true).await);
-        t.delete(ctx.env).await;
-    }
-    Ok(())
-}
-
-/// Scenario 5.
-async fn scale(ctx: &Ctx<'_>, out: &mut Vec<Point>) -> anyhow::Result<()> {
-    let n = ctx.plan.scale_webhooks;
-    let d = defs(ctx, n, |i| vec![format!("bench.w{i:04}")], false);
-    let t = Tenant::create(&ctx.client, "scale").await?;
-    eprintln!(
-        "== scale: creating {n} webhooks (generated signing Secrets) in {}",
-        t.name
-    );
-    let t0 = Instant::now();
-    t.create_webhooks(&d, 8).await?;
-    let created_s = t0.elapsed().as_secs_f64();
-    let ready = t.wait_ready(Duration::from_secs(900), t0).await?;
-    let name = format!(
-        "{n} webhooks, {:.0} events/s, each event to one",
-        ctx.plan.scale_rate
-    );
-    let mut p = Point::new(
-        "scale",
-        name,
-        "latency",
-        json!({"webhooks": n, "rate": ctx.plan.scale_rate, "seconds": ctx.plan.rate_secs}),
-    );
-    p.notes.push(format!(
-        "{n} Webhooks created in {created_s:.1} s (8 in parallel)"
-    ));
-    match ready {
-        Some(dt) => {
-            p.summary
-                .insert("controller_ready_s".into(), spread(&[dt.as_secs_f64()]));
-            p.notes.push(format!("controller: all {n} Ready {:.1} s after the first create (one measurement; the controller is the debug build the pod runner runs)", dt.as_secs_f64()));
-        }
-        None => p
-            .notes
-            .push(format!("controller: not all {n} Ready within 900 s")),
-    }
-    eprintln!("   {}", p.notes.join("; "));
-    let types = (0..n).map(|i| format!("bench.w{i:04}")).collect();
-    let s = setup(ctx, &t, n, n, false, types, 1024);
-    let controller_ready = p.summary.remove("controller_ready_s");
-    let mut p = rate_point(ctx, p, &s, ctx.plan.scale_rate, ctx.plan.rate_secs, false).await;
-    if let Some(c) = controller_ready {
-        p.summary.insert("controller_ready_s".into(), c);
-    }
-    out.push(p);
-    t.delete(ctx.env).await;
-    Ok(())
-}
-
-/// Scenario 6.
-async fn recovery(ctx: &Ctx<'_>, out: &mut Vec<Point>) -> anyhow::Result<()> {
-    let sink = &ctx.bench.sink;
-    let d = vec![WebhookDef {
-        name: "w0000".into(),
-        url: sink.url(RECOVERY_PORT, 0),
-        event_types: vec!["bench.*".into()],
-        delivery: None,
-        shared_secret: true,
-    }];
-    let t = tenant(ctx, "rec", &d).await?;
-    let mut s = setup(ctx, &t, 1, 1, false, vec!["bench.event".into()], 1024);
-    s.urls = vec![sink.url(RECOVERY_PORT, 0)];
-    let events = ctx.plan.recovery_events;
-    let name = format!("backlog of {events} events, 1 KiB, receiver refusing then back");
-    eprintln!("== recovery: {name}");
-    let mut p = Point::new(
-        "recovery",
-        name,
-        "recovery",
-        json!({"events": events, "value_bytes": 1024}),
-    );
-    for _ in 0..ctx.plan.runs {
-        match ctx
-            .bench
-            .hookline_recovery(
-                &s,
-                RECOVERY_PORT,
-                events,
-                Duration::from_secs(ctx.plan.recovery_down_s),
-                Duration::from_secs(ctx.plan.recovery_limit_s),
-            )
-            .await
-        {
-            Ok(r) => {
-                say(&p, &r);
-                p.hookline.push(r);
-            }
-            Err(e) => p.notes.push(format!("hookline run failed: {e:#}")),
-        }
-    }
-    p.summarise();
-    out.push(p);
-    t.delete(ctx.env).await;
-    Ok(())
-}
-
 /// Runs the plan's scenarios in order; a failing scenario is noted and the rest still run.
 pub async fn run(ctx: &Ctx<'_>) -> Vec<Point> {
     let mut out = Vec::new();
     for &sc in &ctx.plan.scenarios {
         let result = match sc {
-            1 => throughput(ctx, &mut out, false).await,
-            2 => latency(ctx, &mut out, false).await,
-            3 => fan_out(ctx, &mut out).await,
-            4 => match throughput(ctx, &mut out, true).await {
-                Ok(()) => latency(ctx, &mut out, true).await,
-                e => e,
-            },
-            5 => scale(ctx, &mut out).await,
-            6 => recovery(ctx, &mut out).await,
+            1 => throughput::run(ctx, &mut out, false).await,
+            2 => latency::run(ctx, &mut out, false).await,
+            3 => fan_out::run(ctx, &mut out).await,
+            4 => isolation::run(ctx, &mut out).await,
+            5 => scale::run(ctx, &mut out).await,
+            6 => recovery::run(ctx, &mut out).await,
             _ => Ok(()),
         };
-        compare_isolation(&mut out);
+        isolation::compare(&mut out);
         if let Err(e) = result {
             eprintln!("scenario {sc} failed: {e:#}");
             out.push(Point {
@@ -654,39 +447,4 @@ pub async fn run(ctx: &Ctx<'_>) -> Vec<Point> {
         }
     }
     out
-}
-
-/// Puts each isolation point beside its clean counterpart (same webhooks, no
-/// dead one) when that ran in the same invocation: `vs_clean` is the
-/// healthy throughput (or p99) with the dead receiver over the clean one.
-fn compare_isolation(points: &mut [Point]) {
-    let clean: Vec<(serde_json::Value, String, BTreeMap<String, Spread>)> = points
-        .iter()
-        .filter(|p| p.scenario == "throughput" || p.scenario == "latency")
-        .map(|p| (p.params.clone(), p.kind.clone(), p.summary.clone()))
-        .collect();
-    for p in points.iter_mut().filter(|p| p.scenario == "isolation") {
-        let same = |c: &serde_json::Value| {
-            ["webhooks", "value_bytes", "rate"]
-                .iter()
-                .all(|k| c.get(*k) == p.params.get(*k))
-        };
-        let Some((_, kind, summary)) = clean.iter().find(|(c, k, _)| same(c) && *k == p.kind)
-        else {
-            continue;
-        };
-        let key = if kind == "rate" { "rate" } else { "p99_ms" };
-        if let (Some(iso), Some(cl)) = (
-            p.summary.get(key).map(|s| s.median),
-            summary.get(key).map(|s| s.median),
-        ) && cl > 0.0
-        {
-            let ratio = iso / cl;
-            p.summary.insert("vs_clean".into(), spread(&[ratio]));
-            p.notes.retain(|n| !n.starts_with("beside the clean run"));
-            p.notes.push(format!(
-                "beside the clean run: {key} {iso:.1} with the dead receiver vs {cl:.1} without ({ratio:.2}×)"
-            ));
-        }
-    }
 }

@@ -6,10 +6,16 @@
 //! - in the tenant namespace only: a Role (read its `Webhook`s, patch their status, read exactly
 //!   the signing Secrets its `Webhook`s use, create Events) and a RoleBinding granting it to
 //!   that ServiceAccount. Nothing anywhere else.
+//!
+//! [`crate::tenant_plan`] decides whether they are applied or removed. Every object carries
+//! [`labels`] and the operator namespace it belongs to ([`owned_labels`]), so the tenant
+//! reconciler finds its own objects by label, and two installations (or a test's own
+//! controller) never take each other's objects for orphans.
 
 use std::collections::BTreeMap;
 
-use hookline_crds::naming;
+use hookline_core::args::DispatcherArgs;
+use hookline_core::naming;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
@@ -34,26 +40,52 @@ pub const LABEL_TENANT: &str = "hookline.dev/tenant";
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 /// Label naming who manages it.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`] on every child.
+pub const MANAGED_BY: &str = "hookline-controller";
+/// Label naming the operator namespace (the installation) a child belongs to.
+pub const LABEL_OPERATOR_NAMESPACE: &str = "hookline.dev/operator-namespace";
 /// Port of the dispatcher's /metrics, /healthz, /readyz.
 pub const METRICS_PORT: i32 = 9090;
 
-/// Labels on every child of `tenant`.
+/// Labels on every child of `tenant` and on its dispatcher's Pods.
 pub fn labels(tenant: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_NAME.to_owned(), "hookline-dispatcher".to_owned()),
-        (
-            LABEL_MANAGED_BY.to_owned(),
-            "hookline-controller".to_owned(),
-        ),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
         (LABEL_TENANT.to_owned(), tenant.to_owned()),
     ])
 }
 
-fn meta(name: &str, namespace: &str, tenant: &str) -> ObjectMeta {
+/// Labels on the children themselves: [`labels`] and the operator namespace. (Not on the Pods:
+/// a new Pod label would restart every dispatcher when the controller is upgraded.)
+pub fn owned_labels(settings: &Settings, tenant: &str) -> BTreeMap<String, String> {
+    let mut l = labels(tenant);
+    l.insert(
+        LABEL_OPERATOR_NAMESPACE.to_owned(),
+        settings.operator_namespace.clone(),
+    );
+    l
+}
+
+/// Label selector of this installation's children in the tenant namespaces.
+pub fn owned_selector(settings: &Settings) -> String {
+    format!(
+        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_OPERATOR_NAMESPACE}={}",
+        settings.operator_namespace
+    )
+}
+
+/// Label selector of the children in the operator namespace (the namespace says whose they
+/// are; objects made before [`LABEL_OPERATOR_NAMESPACE`] existed match too).
+pub fn operator_namespace_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY}")
+}
+
+fn meta(settings: &Settings, name: &str, namespace: &str, tenant: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
         namespace: Some(namespace.to_owned()),
-        labels: Some(labels(tenant)),
+        labels: Some(owned_labels(settings, tenant)),
         ..ObjectMeta::default()
     }
 }
@@ -62,6 +94,7 @@ fn meta(name: &str, namespace: &str, tenant: &str) -> ObjectMeta {
 pub fn service_account(settings: &Settings, tenant: &str) -> ServiceAccount {
     ServiceAccount {
         metadata: meta(
+            settings,
             &naming::dispatcher(tenant),
             &settings.operator_namespace,
             tenant,
@@ -89,7 +122,6 @@ fn rule(
 /// The dispatcher's Role in the tenant namespace. `secret_names` are the signing Secrets of the
 /// tenant's `Webhook`s: the dispatcher may read those and no other Secret.
 pub fn role(settings: &Settings, tenant: &str, secret_names: &[String]) -> Role {
-    let _ = settings;
     let mut names = secret_names.to_vec();
     names.sort();
     names.dedup();
@@ -122,7 +154,7 @@ pub fn role(settings: &Settings, tenant: &str, secret_names: &[String]) -> Role 
         ));
     }
     Role {
-        metadata: meta(&naming::dispatcher(tenant), tenant, tenant),
+        metadata: meta(settings, &naming::dispatcher(tenant), tenant, tenant),
         rules: Some(rules),
     }
 }
@@ -131,7 +163,7 @@ pub fn role(settings: &Settings, tenant: &str, secret_names: &[String]) -> Role 
 pub fn role_binding(settings: &Settings, tenant: &str) -> RoleBinding {
     let name = naming::dispatcher(tenant);
     RoleBinding {
-        metadata: meta(&name, tenant, tenant),
+        metadata: meta(settings, &name, tenant, tenant),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
             kind: "Role".into(),
@@ -160,6 +192,19 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
+/// The dispatcher's settings for `tenant`: its topics and consumer group, and the platform's
+/// address rules and retry defaults. Written into the Deployment with
+/// [`DispatcherArgs::to_args`], parsed back by the dispatcher with the same type.
+pub fn dispatcher_args(settings: &Settings, tenant: &str) -> DispatcherArgs {
+    let mut args = DispatcherArgs::for_tenant(tenant, &settings.kafka_bootstrap);
+    args.listen = format!("$(POD_IP):{METRICS_PORT}");
+    args.address.clone_from(&settings.address);
+    args.default_max_attempts = settings.default_max_attempts;
+    args.default_initial_delay = settings.default_initial_delay;
+    args.default_max_delay = settings.default_max_delay;
+    args
+}
+
 /// The dispatcher Deployment of `tenant`, in the operator namespace.
 ///
 /// It binds its HTTP port to the Pod IP (`status.podIP` through the downward API), so several
@@ -167,48 +212,7 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 /// arguments: no ConfigMap to drift.
 pub fn deployment(settings: &Settings, tenant: &str) -> Deployment {
     let name = naming::dispatcher(tenant);
-    let topics = naming::topics(tenant);
-    let mut args = vec![
-        format!("--tenant-namespace={tenant}"),
-        format!("--kafka-bootstrap={}", settings.kafka_bootstrap),
-        format!("--events-topic={}", topics.events),
-        format!("--dead-letter-topic={}", topics.dead_letter),
-        format!("--attempts-topic={}", topics.attempts),
-        format!("--consumer-group=hookline-dispatcher.{tenant}"),
-        format!("--listen=$(POD_IP):{METRICS_PORT}"),
-    ];
-    args.extend(
-        topics
-            .retry
-            .iter()
-            .map(|(d, t)| format!("--retry-topic={}={t}", hookline_crds::duration::format(*d))),
-    );
-    if settings.allow_http {
-        args.push("--allow-http".into());
-    }
-    if let Some(n) = settings.default_max_attempts {
-        args.push(format!("--default-max-attempts={n}"));
-    }
-    if let Some(d) = settings.default_initial_delay {
-        args.push(format!(
-            "--default-initial-delay={}",
-            hookline_crds::duration::format(d)
-        ));
-    }
-    if let Some(d) = settings.default_max_delay {
-        args.push(format!(
-            "--default-max-delay={}",
-            hookline_crds::duration::format(d)
-        ));
-    }
-    if !settings.allow_cidrs.is_empty() {
-        let cidrs: Vec<String> = settings
-            .allow_cidrs
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        args.push(format!("--allow-cidr={}", cidrs.join(",")));
-    }
+    let args = dispatcher_args(settings, tenant).to_args();
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -270,7 +274,7 @@ pub fn deployment(settings: &Settings, tenant: &str) -> Deployment {
         (LABEL_TENANT.to_owned(), tenant.to_owned()),
     ]);
     Deployment {
-        metadata: meta(&name, &settings.operator_namespace, tenant),
+        metadata: meta(settings, &name, &settings.operator_namespace, tenant),
         spec: Some(DeploymentSpec {
             replicas: Some(settings.dispatcher_replicas),
             selector: LabelSelector {
@@ -314,6 +318,27 @@ pub fn deployment(settings: &Settings, tenant: &str) -> Deployment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn the_dispatcher_parses_the_args_the_controller_writes_back_to_the_same_settings() {
+        let mut settings = Settings::for_tests();
+        settings.address.allow_http = true;
+        settings.address.allow_cidrs =
+            vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        settings.default_max_attempts = Some(7);
+        settings.default_max_delay = Some(std::time::Duration::from_secs(3600));
+        let d = deployment(&settings, "acme");
+        let container = &d.spec.unwrap().template.spec.unwrap().containers[0];
+        let mut argv = vec!["hookline-dispatcher".to_owned()];
+        argv.extend(container.args.clone().unwrap());
+        // The dispatcher's own parser, as it runs in the Pod (Kubernetes expands $(POD_IP)).
+        let parsed = DispatcherArgs::try_parse_from(&argv).unwrap();
+        assert_eq!(parsed, dispatcher_args(&settings, "acme"));
+        assert_eq!(parsed.listen, format!("$(POD_IP):{METRICS_PORT}"));
+        assert_eq!(parsed.tiers().len(), naming::RETRY_TIERS.len());
+        assert!(parsed.default_retry().is_ok());
+    }
 
     #[test]
     fn role_grants_only_the_named_secrets_in_the_tenant_namespace() {
@@ -359,7 +384,7 @@ mod tests {
     fn deployment_runs_the_dispatcher_for_one_tenant_with_its_topics() {
         let mut settings = Settings::for_tests();
         settings.dispatcher_replicas = 3;
-        settings.allow_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+        settings.address.allow_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
         settings.default_max_attempts = Some(5);
         settings.default_max_delay = Some(std::time::Duration::from_secs(3600));
         let d = deployment(&settings, "acme");

@@ -10,9 +10,6 @@ pub enum Error {
     /// Kafka topic management failed.
     #[error("Kafka: {0}")]
     Kafka(String),
-    /// A finalizer step failed.
-    #[error("finalizer: {0}")]
-    Finalizer(String),
     /// A call to the API server took too long.
     #[error("timed out: {0}")]
     Timeout(&'static str),
@@ -27,7 +24,6 @@ impl Error {
         match self {
             Error::Kube(_) => "KubeApi",
             Error::Kafka(_) => "Kafka",
-            Error::Finalizer(_) => "Finalizer",
             Error::MissingField(_) => "MissingField",
             Error::Timeout(_) => "Timeout",
         }

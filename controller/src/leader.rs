@@ -2,7 +2,8 @@
 //! controller replicas only one reconciles. The leader renews the Lease every few seconds; a
 //! replica takes it over only when it has not been renewed for the lease duration. Updates carry
 //! the Lease's resourceVersion, so two candidates can never both win. A leader that cannot
-//! renew in time exits, and its Deployment restarts it as a candidate.
+//! renew in time exits, and its Deployment restarts it as a candidate. `main` starts both
+//! reconcilers (the `Webhook`'s and the tenant's) and their watches only once [`lead`] returns.
 
 use std::time::Duration;
 

@@ -1,33 +1,16 @@
 //! `hookline-controller` entry point: flags, logging, the /metrics /healthz /readyz server,
-//! leader election, and the kube `Controller` that drives [`reconcile`].
+//! the Kafka readiness probe, leader election, then both reconcilers ([`run::run`]) for as
+//! long as this replica leads.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use clap::Parser;
-use futures::StreamExt;
 use hookline_controller::{
-    children::{LABEL_MANAGED_BY, LABEL_TENANT},
-    leader,
-    metrics::Metrics,
-    reconcile::{self, Context},
-    settings::Settings,
-    topics::TopicManager,
+    leader, metrics::Metrics, run, settings::Settings, topics::TopicManager,
 };
-use hookline_crds::Webhook;
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
-use kube::{
-    Api, Client, ResourceExt,
-    core::PartialObjectMeta,
-    runtime::{
-        Controller, Predicate, WatchStreamExt,
-        events::{Recorder, Reporter},
-        predicates, reflector,
-        reflector::ObjectRef,
-        watcher::{self, watcher},
-    },
-};
+use kube::{Api, Client};
 use prometheus::{Encoder, Registry, TextEncoder};
 use tracing::{info, warn};
 
@@ -126,110 +109,10 @@ async fn main() -> anyhow::Result<()> {
         futures::future::Either::Right(futures::future::pending::<()>())
     };
 
-    let webhooks = Api::<Webhook>::all(client.clone());
-    // Reconcile on what the controller acts on — spec (generation, which also moves on
-    // deletion), annotations (rotation) and finalizers — not on the dispatcher's status
-    // writes, which come every few seconds per busy Webhook. Periodic requeues still run.
-    let (store, writer) = reflector::store();
-    let trigger = watcher(webhooks, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation
-                .combine(predicates::annotations)
-                .combine(predicates::finalizers),
-            Default::default(),
-        );
-    let controller = Controller::for_stream(trigger, store.clone());
-
-    let by_tenant = {
-        let store = store.clone();
-        move |tenant: &str| {
-            store
-                .state()
-                .iter()
-                .filter(|w| w.namespace().as_deref() == Some(tenant))
-                .map(|w| ObjectRef::from_obj(w.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &settings.operator_namespace);
-    let deployment_cfg =
-        watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=hookline-controller"));
-    let referencing = {
-        let store = store.clone();
-        move |secret: &str, ns: &str| {
-            store
-                .state()
-                .iter()
-                .filter(|w| w.namespace().as_deref() == Some(ns))
-                .filter(|w| {
-                    w.spec.secret_ref.as_ref().map_or_else(
-                        || hookline_crds::naming::signing_secret(&w.name_any()) == secret,
-                        |r| r.name == secret,
-                    )
-                })
-                .map(|w| ObjectRef::from_obj(w.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let secret_events = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .touched_objects();
-
-    let reporter = Reporter {
-        controller: "hookline-controller".into(),
-        instance: Some(settings.pod_name.clone()),
-    };
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client,
-        settings,
-        metrics: metrics_,
-        topics,
-        store,
-        tenant_locks: std::sync::Mutex::new(HashMap::new()),
-        failures: std::sync::Mutex::new(HashMap::new()),
-    });
-    {
-        // Webhooks by readiness, from the reflector, every 10 s.
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                let state = ctx.store.state();
-                let (t, f, u) =
-                    hookline_controller::metrics::readiness(state.iter().map(|w| w.as_ref()));
-                for (label, n) in [("true", t), ("false", f), ("unknown", u)] {
-                    ctx.metrics.webhooks.with_label_values(&[label]).set(n);
-                }
-            }
-        });
-    }
-
-    let run = controller
-        .watches(deployments, deployment_cfg, move |d| {
-            d.labels()
-                .get(LABEL_TENANT)
-                .map(|t| by_tenant(t))
-                .unwrap_or_default()
-        })
-        .watches_stream(secret_events, move |s| match s.namespace() {
-            Some(ns) => referencing(&s.name_any(), &ns),
-            None => Vec::new(),
-        })
-        .shutdown_on_signal()
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                warn!(error = %e, "controller stream");
-            }
-        });
+    // Both reconcilers start only now, as leader (or without leader election).
+    let run = run::run(client, settings, metrics_, topics);
     tokio::select! {
-        () = run => info!("controller stopped"),
+        () = run => info!("controllers stopped"),
         () = lost => {
             warn!("lost leadership; exiting so that a fresh candidate takes over");
             tokio::time::sleep(Duration::from_millis(100)).await;

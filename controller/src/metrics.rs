@@ -1,22 +1,31 @@
 //! Prometheus metrics of the controller, named `hookline_controller_*`, with bounded labels
-//! (outcome, error category) only — never a namespace or Webhook name, which are unbounded
-//! on a large platform.
+//! only (the reconciler, an outcome, an error category, a state) — never a namespace or
+//! Webhook name, which are unbounded on a large platform. Both reconcilers count into the same
+//! families, told apart by the `controller` label ([`WEBHOOK`], [`TENANT`]).
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// `controller` label of the `Webhook` reconciler.
+pub const WEBHOOK: &str = "webhook";
+/// `controller` label of the tenant reconciler.
+pub const TENANT: &str = "tenant";
 
 /// The controller's metrics.
 #[derive(Clone)]
 pub struct Metrics {
-    /// Reconciles by outcome (`ok`, `invalid`, `error`).
+    /// Reconciles by controller and outcome (`webhook`: `ok`, `invalid`, `error`; `tenant`:
+    /// `applied`, `removed`, `error`).
     pub reconciles: IntCounterVec,
-    /// Reconcile failures by error category.
+    /// Reconcile failures by controller and error category.
     pub failures: IntCounterVec,
-    /// Time per reconcile.
-    pub duration: Histogram,
+    /// Time per reconcile, by controller.
+    pub duration: HistogramVec,
     /// Leader state: 1 while this replica leads.
     pub leader: prometheus::IntGauge,
     /// Webhooks by readiness (`true`, `false`, `unknown`), counted from the reflector.
     pub webhooks: prometheus::IntGaugeVec,
+    /// Tenants by state (`live`: has `Webhook`s; `orphan`: objects left to remove).
+    pub tenants: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -29,27 +38,28 @@ impl Metrics {
             reconciles: IntCounterVec::new(
                 Opts::new(
                     "hookline_controller_reconciles_total",
-                    "Reconciles by outcome",
+                    "Reconciles by controller and outcome",
                 ),
-                &["outcome"],
+                &["controller", "outcome"],
             )
             .expect("metric"),
             failures: IntCounterVec::new(
                 Opts::new(
                     "hookline_controller_reconcile_errors_total",
-                    "Reconcile errors by category",
+                    "Reconcile errors by controller and category",
                 ),
-                &["category"],
+                &["controller", "category"],
             )
             .expect("metric"),
-            duration: Histogram::with_opts(
+            duration: HistogramVec::new(
                 HistogramOpts::new(
                     "hookline_controller_reconcile_duration_seconds",
-                    "Time per reconcile",
+                    "Time per reconcile, by controller",
                 )
                 .buckets(vec![
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 ]),
+                &["controller"],
             )
             .expect("metric"),
             leader: prometheus::IntGauge::new(
@@ -60,6 +70,11 @@ impl Metrics {
             webhooks: prometheus::IntGaugeVec::new(
                 Opts::new("hookline_controller_webhooks", "Webhooks by readiness"),
                 &["ready"],
+            )
+            .expect("metric"),
+            tenants: prometheus::IntGaugeVec::new(
+                Opts::new("hookline_controller_tenants", "Tenants by state"),
+                &["state"],
             )
             .expect("metric"),
         };
@@ -78,6 +93,9 @@ impl Metrics {
         registry
             .register(Box::new(m.webhooks.clone()))
             .expect("register");
+        registry
+            .register(Box::new(m.tenants.clone()))
+            .expect("register");
         m
     }
 }
@@ -94,7 +112,7 @@ pub fn readiness<'a>(
             .and_then(|s| {
                 s.conditions
                     .iter()
-                    .find(|c| c.type_ == hookline_crds::conditions::types::READY)
+                    .find(|c| c.type_ == hookline_core::conditions::types::READY)
             })
             .map(|c| c.status.as_str());
         match ready {
@@ -114,10 +132,12 @@ mod tests {
     fn every_metric_is_registered_and_exported() {
         let registry = Registry::new();
         let m = Metrics::register(&registry);
-        m.reconciles.with_label_values(&["ok"]).inc();
-        m.failures.with_label_values(&["Kafka"]).inc();
+        m.reconciles.with_label_values(&[WEBHOOK, "ok"]).inc();
+        m.reconciles.with_label_values(&[TENANT, "applied"]).inc();
+        m.failures.with_label_values(&[TENANT, "Kafka"]).inc();
         m.webhooks.with_label_values(&["true"]).set(3);
-        m.duration.observe(0.01);
+        m.tenants.with_label_values(&["live"]).set(2);
+        m.duration.with_label_values(&[TENANT]).observe(0.01);
         let names: Vec<String> = registry
             .gather()
             .iter()
@@ -129,6 +149,7 @@ mod tests {
             "hookline_controller_reconcile_duration_seconds",
             "hookline_controller_leader",
             "hookline_controller_webhooks",
+            "hookline_controller_tenants",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -10,8 +10,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use hookline_crds::{SecretStatus, Webhook, annotations, naming};
-use hookline_dispatcher::signing;
+use hookline_core::naming;
+use hookline_core::signing;
+use hookline_crds::{SecretStatus, Webhook, annotations};
 use jiff::Timestamp;
 use k8s_openapi::{
     ByteString,
@@ -20,39 +21,14 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 
-/// Data key of the current key.
-pub const KEY_CURRENT: &str = "secret";
-/// Data key of the previous key during a rotation overlap.
-pub const KEY_PREVIOUS: &str = "previous";
-/// Annotation: until when the previous key is valid.
-pub const ANN_PREVIOUS_VALID_UNTIL: &str = "hookline.dev/previous-valid-until";
-/// Annotation: generation of the current key (1, 2, …).
-pub const ANN_GENERATION: &str = "hookline.dev/key-generation";
-/// Annotation: the `rotate-secret` value the current key answers.
-pub const ANN_ROTATION: &str = "hookline.dev/rotation";
-/// Annotation: when the current key became current.
-pub const ANN_ROTATED_AT: &str = "hookline.dev/rotated-at";
-/// Label on every Secret the controller generates.
-pub const LABEL_WEBHOOK: &str = "hookline.dev/webhook";
+pub use hookline_core::secret::{
+    ANN_GENERATION, ANN_PREVIOUS_VALID_UNTIL, ANN_ROTATED_AT, ANN_ROTATION, KEY_CURRENT,
+    KEY_PREVIOUS, LABEL_WEBHOOK, check_key,
+};
 
 /// A new random key: 32 bytes, as `whsec_<base64>`.
 pub fn generate_key() -> String {
     signing::Secret::generate().expose_whsec()
-}
-
-/// Checks a key's shape: optional `whsec_` prefix, base64 of 24 to 64 bytes.
-///
-/// # Errors
-/// A message saying what is wrong, never containing the key.
-pub fn check_key(key: &str) -> Result<(), String> {
-    signing::Secret::parse(key)
-        .map(|_| ())
-        .map_err(|e| match e {
-            signing::SecretError::NotBase64 => {
-                "the key is not valid base64 (expected whsec_<base64>)".to_string()
-            }
-            other => other.to_string(),
-        })
 }
 
 /// Checks a Secret named by `spec.secretRef`.

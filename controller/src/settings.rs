@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use ipnet::IpNet;
+use hookline_core::args::AddressRules;
 
 /// `hookline-controller` flags; each also reads an environment variable.
 #[derive(Parser, Debug, Clone)]
@@ -59,18 +59,9 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_DEFAULT_MAX_DELAY", value_parser = parse_duration)]
     pub default_max_delay: Option<Duration>,
 
-    /// Accept `http://` Webhook URLs (off by default: https only).
-    #[arg(long, env = "HOOKLINE_ALLOW_HTTP", default_value_t = false)]
-    pub allow_http: bool,
-
-    /// CIDRs that Webhooks may target although they are not public (loopback, private, …).
-    /// Comma-separated; empty by default.
-    #[arg(
-        long = "allow-cidr",
-        env = "HOOKLINE_ALLOW_CIDRS",
-        value_delimiter = ','
-    )]
-    pub allow_cidrs: Vec<IpNet>,
+    /// Which receiver URLs `Webhook`s may use (validated here, passed to every dispatcher).
+    #[command(flatten)]
+    pub address: AddressRules,
 
     /// Partitions of each new tenant topic.
     #[arg(long, env = "HOOKLINE_TOPIC_PARTITIONS", default_value_t = 6)]
@@ -96,6 +87,30 @@ pub struct Settings {
     /// This replica's identity in leader election (the Pod name).
     #[arg(long, env = "POD_NAME", default_value = "hookline-controller")]
     pub pod_name: String,
+
+    /// Serve only the `Webhook`s labelled `hookline.dev/instance=<this value>` (a canary of a
+    /// new version, or a test's own controller), with its own operator namespace. Without it,
+    /// the controller serves every `Webhook` that has no such label.
+    ///
+    /// Caveat: whoever may create a `Webhook` may label it, so run a second instance only with
+    /// settings no laxer (address rules, retry limits) than the main one's. All `Webhook`s of a
+    /// namespace should belong to the same instance: two instances would manage the same
+    /// tenant's Role.
+    #[arg(long, env = "HOOKLINE_INSTANCE")]
+    pub instance: Option<String>,
+}
+
+/// Label choosing the controller instance that serves a `Webhook` (see [`Settings::instance`]).
+pub const LABEL_INSTANCE: &str = "hookline.dev/instance";
+
+impl Settings {
+    /// Label selector of the `Webhook`s this controller serves.
+    pub fn webhook_selector(&self) -> String {
+        match &self.instance {
+            Some(i) => format!("{LABEL_INSTANCE}={i}"),
+            None => format!("!{LABEL_INSTANCE}"),
+        }
+    }
 }
 
 fn parse_resources(s: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequirements, String> {
@@ -103,7 +118,7 @@ fn parse_resources(s: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequir
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    hookline_crds::duration::parse(s).map_err(|e| e.to_string())
+    hookline_core::duration::parse(s).map_err(|e| e.to_string())
 }
 
 impl Settings {
@@ -120,10 +135,18 @@ mod tests {
     #[test]
     fn defaults_are_https_only_with_no_allow_list() {
         let s = Settings::for_tests();
-        assert!(!s.allow_http);
-        assert!(s.allow_cidrs.is_empty());
+        assert!(!s.address.allow_http);
+        assert!(s.address.allow_cidrs.is_empty());
         assert_eq!(s.operator_namespace, "hookline-system");
         assert_eq!(s.rotation_overlap, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn the_main_instance_serves_unlabelled_webhooks_and_a_named_one_only_its_own() {
+        let mut s = Settings::for_tests();
+        assert_eq!(s.webhook_selector(), "!hookline.dev/instance");
+        s.instance = Some("canary".into());
+        assert_eq!(s.webhook_selector(), "hookline.dev/instance=canary");
     }
 
     #[test]
@@ -135,6 +158,6 @@ mod tests {
             "--allow-cidr",
             "127.0.0.0/8,::1/128",
         ]);
-        assert_eq!(s.allow_cidrs.len(), 2);
+        assert_eq!(s.address.allow_cidrs.len(), 2);
     }
 }

@@ -1,12 +1,18 @@
 //! Kafka topics of each tenant, made with the admin API: created when missing with the
 //! platform's partitions and replication, never shrunk, never deleted (a deleted `Webhook`
-//! leaves its tenant's data in place; see the README for retention and purging). Namespaces
-//! whose topics are known to exist are remembered, so a busy tenant costs one admin round trip
-//! per controller start, not one per reconcile.
+//! leaves its tenant's data in place; see the README for retention and purging). The tenant
+//! reconciler ensures them; the `Webhook` reconciler reads the last failure for its
+//! `DispatcherReady` condition. Namespaces whose topics are known to exist are remembered, so a
+//! busy tenant costs one admin round trip per controller start, not one per reconcile; a
+//! removed tenant is forgotten.
 
-use std::{collections::HashSet, sync::Mutex, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+    time::Duration,
+};
 
-use hookline_crds::naming;
+use hookline_core::naming;
 use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -22,6 +28,7 @@ pub struct TopicManager {
     partitions: i32,
     replication: i32,
     ensured: Mutex<HashSet<String>>,
+    failed: Mutex<HashMap<String, String>>,
 }
 
 impl TopicManager {
@@ -34,7 +41,7 @@ impl TopicManager {
     pub fn new(bootstrap: &str, partitions: i32, replication: i32) -> Result<TopicManager> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap);
-        for (k, v) in hookline_dispatcher::config::kafka_env_settings(std::env::vars()) {
+        for (k, v) in hookline_core::kafka::env_settings(std::env::vars()) {
             config.set(k, v);
         }
         let admin: AdminClient<DefaultClientContext> = config
@@ -45,6 +52,7 @@ impl TopicManager {
             partitions,
             replication,
             ensured: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -60,7 +68,7 @@ impl TopicManager {
             .map_err(|e| Error::Kafka(format!("brokers unreachable: {e}")))
     }
 
-    /// Makes sure every topic of `tenant` exists.
+    /// Makes sure every topic of `tenant` exists; remembers the outcome for [`Self::failure`].
     ///
     /// # Errors
     /// When the broker refuses a creation for another reason than "already exists".
@@ -68,6 +76,41 @@ impl TopicManager {
         if self.ensured.lock().expect("topic cache").contains(tenant) {
             return Ok(());
         }
+        let result = self.create(tenant).await;
+        match &result {
+            Ok(()) => {
+                self.failed.lock().expect("topic failures").remove(tenant);
+                self.ensured
+                    .lock()
+                    .expect("topic cache")
+                    .insert(tenant.to_owned());
+            }
+            Err(e) => {
+                self.failed
+                    .lock()
+                    .expect("topic failures")
+                    .insert(tenant.to_owned(), e.to_string());
+            }
+        }
+        result
+    }
+
+    /// Why the last attempt to create `tenant`'s topics failed, if it did.
+    pub fn failure(&self, tenant: &str) -> Option<String> {
+        self.failed
+            .lock()
+            .expect("topic failures")
+            .get(tenant)
+            .cloned()
+    }
+
+    /// Forgets `tenant` (its last `Webhook` is gone), so a returning tenant is checked again.
+    pub fn forget(&self, tenant: &str) {
+        self.ensured.lock().expect("topic cache").remove(tenant);
+        self.failed.lock().expect("topic failures").remove(tenant);
+    }
+
+    async fn create(&self, tenant: &str) -> Result<()> {
         let topics = naming::topics(tenant);
         let names = topics.all();
         let new: Vec<NewTopic> = names
@@ -101,15 +144,6 @@ impl TopicManager {
                 }
             }
         }
-        self.ensured
-            .lock()
-            .expect("topic cache")
-            .insert(tenant.to_owned());
         Ok(())
-    }
-
-    /// Forgets that `tenant`'s topics exist (after an error, so the next reconcile checks again).
-    pub fn forget(&self, tenant: &str) {
-        self.ensured.lock().expect("topic cache").remove(tenant);
     }
 }

@@ -4,12 +4,13 @@
 //! spec and settings in, a verdict out. Host names are not resolved here; the dispatcher checks
 //! every address it actually connects to.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
-use hookline_crds::{WebhookSpec, conditions::reasons, duration};
-use hookline_dispatcher::ssrf::AddressPolicy;
-use ipnet::IpNet;
-use url::{Host, Url};
+use hookline_core::args::AddressRules;
+use hookline_core::ssrf::UrlRefusal;
+use hookline_core::{conditions::reasons, duration};
+use hookline_crds::WebhookSpec;
+use url::Url;
 
 /// Why a spec cannot be used, for a person: a condition reason and a message saying what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,26 +30,16 @@ impl Invalid {
     }
 }
 
-/// The platform's URL rules.
-#[derive(Debug, Clone, Default)]
-pub struct UrlRules {
-    /// `http://` allowed.
-    pub allow_http: bool,
-    /// Non-public CIDRs that are allowed all the same.
-    pub allow_cidrs: Vec<IpNet>,
-}
-
 /// Validates what the schema cannot.
 ///
 /// # Errors
 /// The first problem found, with a reason and an actionable message.
-pub fn validate(spec: &WebhookSpec, rules: &UrlRules) -> Result<(), Invalid> {
+pub fn validate(spec: &WebhookSpec, rules: &AddressRules) -> Result<(), Invalid> {
     let url = Url::parse(&spec.url)
         .map_err(|e| Invalid::spec(format!("spec.url {:?} is not a valid URL: {e}", spec.url)))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if rules.allow_http => {}
-        "http" => {
+    match rules.check(&url) {
+        Ok(()) => {}
+        Err(UrlRefusal::HttpNotAllowed) => {
             return Err(Invalid {
                 reason: reasons::HTTP_NOT_ALLOWED,
                 message: "spec.url uses http://, but this platform accepts https:// only; use an https URL \
@@ -56,29 +47,18 @@ pub fn validate(spec: &WebhookSpec, rules: &UrlRules) -> Result<(), Invalid> {
                     .into(),
             });
         }
-        other => {
-            return Err(Invalid::spec(format!(
-                "spec.url scheme {other:?} is not supported; use https"
-            )));
+        Err(UrlRefusal::Address(refused)) => {
+            let why = refused.reason.replace('_', " ");
+            return Err(Invalid {
+                reason: reasons::ADDRESS_NOT_ALLOWED,
+                message: format!(
+                    "spec.url points at {}, a {why} address, which Hookline does not deliver to; use a public \
+                     address (or ask the platform team to allow-list its CIDR)",
+                    refused.ip
+                ),
+            });
         }
-    }
-    let ip = match url.host() {
-        Some(Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
-        Some(Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
-        Some(Host::Domain(_)) => None,
-        None => return Err(Invalid::spec("spec.url has no host".into())),
-    };
-    if let Some(ip) = ip
-        && let Err(refused) = AddressPolicy::new(rules.allow_cidrs.clone()).check(ip)
-    {
-        let why = refused.reason.replace('_', " ");
-        return Err(Invalid {
-            reason: reasons::ADDRESS_NOT_ALLOWED,
-            message: format!(
-                "spec.url points at {ip}, a {why} address, which Hookline does not deliver to; use a public \
-                 address (or ask the platform team to allow-list its CIDR)"
-            ),
-        });
+        Err(other) => return Err(Invalid::spec(format!("spec.url: {other}"))),
     }
     for pattern in &spec.event_types {
         if pattern.is_empty() || pattern.contains("**") {
@@ -142,19 +122,26 @@ mod tests {
     #[test]
     fn https_with_a_public_host_name_is_valid() {
         assert_eq!(
-            validate(&spec("https://hooks.example.com/x"), &UrlRules::default()),
+            validate(
+                &spec("https://hooks.example.com/x"),
+                &AddressRules::default()
+            ),
             Ok(())
         );
     }
 
     #[test]
     fn http_is_refused_unless_the_platform_allows_it() {
-        let err = validate(&spec("http://hooks.example.com/x"), &UrlRules::default()).unwrap_err();
+        let err = validate(
+            &spec("http://hooks.example.com/x"),
+            &AddressRules::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.reason, reasons::HTTP_NOT_ALLOWED);
         assert!(err.message.contains("allowHttp"), "{}", err.message);
-        let rules = UrlRules {
+        let rules = AddressRules {
             allow_http: true,
-            ..UrlRules::default()
+            ..AddressRules::default()
         };
         assert_eq!(
             validate(&spec("http://hooks.example.com/x"), &rules),
@@ -170,7 +157,7 @@ mod tests {
             "https://169.254.169.254/latest",
             "https://[::1]/x",
         ] {
-            let err = validate(&spec(url), &UrlRules::default()).unwrap_err();
+            let err = validate(&spec(url), &AddressRules::default()).unwrap_err();
             assert_eq!(err.reason, reasons::ADDRESS_NOT_ALLOWED, "{url}");
             assert!(err.message.contains("allow-list"), "{}", err.message);
         }
@@ -178,7 +165,7 @@ mod tests {
 
     #[test]
     fn allow_listed_cidr_admits_an_otherwise_blocked_ip_literal() {
-        let rules = UrlRules {
+        let rules = AddressRules {
             allow_http: true,
             allow_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
         };
@@ -190,7 +177,7 @@ mod tests {
     fn durations_out_of_range_are_refused_naming_the_field() {
         let mut s = spec("https://h.example.com/");
         s.delivery = Some(serde_json::from_value(serde_json::json!({"timeout": "10m"})).unwrap());
-        let err = validate(&s, &UrlRules::default()).unwrap_err();
+        let err = validate(&s, &AddressRules::default()).unwrap_err();
         assert!(
             err.message.contains("spec.delivery.timeout") && err.message.contains("2m"),
             "{}",

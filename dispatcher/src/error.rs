@@ -1,7 +1,7 @@
-//! The dispatcher runtime's errors: what the Kubernetes API, Kafka and a
-//! `Webhook`'s own spec can refuse. [`Error::category`] is the bounded label
-//! used in metrics and logs. Delivery outcomes are not errors: they flow
-//! through [`crate::retry`].
+//! The dispatcher runtime's errors at its edges: what the Kubernetes API, Kafka and the HTTP
+//! stack can refuse, and a `Webhook` spec the dispatcher cannot use ([`SpecError`]).
+//! [`Error::category`] is the bounded label used in metrics and logs. Delivery outcomes are not
+//! errors: they flow through [`hookline_core::retry`].
 
 /// What went wrong at the dispatcher's edges.
 #[derive(Debug, thiserror::Error)]
@@ -12,19 +12,12 @@ pub enum Error {
     /// A Kafka client call failed.
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    /// A `Webhook` spec the dispatcher cannot use (the controller reports it
-    /// as `Ready=False`; the dispatcher skips the `Webhook`).
-    #[error("invalid Webhook spec: {0}")]
-    InvalidSpec(String),
-    /// A signing Secret is missing or holds no usable key.
-    #[error("signing secret: {0}")]
-    Secret(String),
+    /// The delivery HTTP client could not be built (its TLS stack).
+    #[error("building the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
     /// A call took too long.
     #[error("timed out: {0}")]
     Timeout(&'static str),
-    /// Serializing a status or record failed (a bug).
-    #[error("serialization: {0}")]
-    Serialization(#[from] serde_json::Error),
 }
 
 impl Error {
@@ -33,16 +26,36 @@ impl Error {
         match self {
             Error::Kube(_) => "KubeApi",
             Error::Kafka(_) => "Kafka",
-            Error::InvalidSpec(_) => "InvalidSpec",
-            Error::Secret(_) => "Secret",
+            Error::HttpClient(_) => "HttpClient",
             Error::Timeout(_) => "Timeout",
-            Error::Serialization(_) => "Serialization",
         }
     }
 }
 
 /// Result of the dispatcher runtime.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A `Webhook` spec the dispatcher cannot use (what the API server's schema should have
+/// refused). The endpoint keeps it and reports it in its `Delivering` condition; its deliveries
+/// wait for a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// The spec field, as in the CRD (`url`, `delivery.timeout`, …).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl SpecError {
+    /// `field` is wrong because of `message`.
+    pub fn new(field: &'static str, message: impl std::fmt::Display) -> SpecError {
+        SpecError {
+            field,
+            message: message.to_string(),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -51,6 +64,13 @@ mod tests {
     #[test]
     fn categories_are_stable_labels() {
         assert_eq!(Error::Timeout("status patch").category(), "Timeout");
-        assert_eq!(Error::InvalidSpec("x".into()).category(), "InvalidSpec");
+    }
+
+    #[test]
+    fn a_spec_error_names_its_field() {
+        assert_eq!(
+            SpecError::new("delivery.timeout", "too long").to_string(),
+            "delivery.timeout: too long"
+        );
     }
 }

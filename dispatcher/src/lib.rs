@@ -1,48 +1,28 @@
-//! The pure core of `hookline-dispatcher`: plain types and functions, with no
-//! Kafka, HTTP or Kubernetes I/O, that the dispatcher's edges call.
+//! `hookline-dispatcher`: consumes one tenant's Kafka topics and delivers each event, signed, to
+//! every `Webhook` that subscribes to it. The domain decisions (parsing, matching, ordering,
+//! retry policy, signing, address policy, conditions) live in the pure crate `hookline-core`;
+//! this crate is the I/O around them, in folders in the order a record travels:
 //!
-//! A record flows through them in this order: [`envelope`] turns a Kafka
-//! record into an [`envelope::Event`]; [`matching`] picks the `Webhook`s whose
-//! `eventTypes` it matches; per webhook, [`ordering`] decides whether it may
-//! go now or waits behind an earlier event of the same key, [`circuit`] and
-//! [`ratelimit`] decide whether the endpoint may be called now, [`ssrf`]
-//! vets the address it resolves to, and [`signing`] signs the attempt; the
-//! outcome goes through [`retry`] to become delivered, retried later,
-//! dead-lettered or gone; finally [`ordering::OffsetTracker`] says which
-//! Kafka offset may be committed. [`duration`] parses the CRD's durations.
+//! 1. [`kafka`] — the consumer that reads the events and retry topics and the [`kafka::writer`]
+//!    that makes retries, dead letters and attempt records durable.
+//! 2. [`pipeline`] — one loop that turns records into jobs (parse, match, fan out), holds them
+//!    in per-key lanes, applies back-pressure ([`pipeline::pressure`]), settles offsets as jobs
+//!    complete and commits them.
+//! 3. [`delivery`] — a job's attempt: in-flight slot, hold decision, rate limit, circuit, the
+//!    signed HTTP POST through the SSRF-guarded client, the retry decision, and test sends.
+//! 4. [`tenant`] — the tenant's `Webhook`s as endpoints (spec snapshot + runtime state), their
+//!    signing keys, and the status writer that reports back into each `Webhook`.
+//! 5. [`ops`] — flags and Kafka client settings, Prometheus metrics, `/healthz` and `/readyz`.
 //!
-//! The runtime around that core (used by the `hookline-dispatcher` binary):
-//! [`config`] (flags and Kafka settings), [`webhooks`] and [`secrets`] (the
-//! tenant's `Webhook`s and their signing keys), [`lanes`] (per-key order
-//! across memory and the retry topics), [`retry_topics`] (the records written
-//! to Kafka), [`delivery`] (the HTTP client), [`pipeline`] (consume, fan out,
-//! deliver, settle, commit) with its [`consumer`] and [`worker`] tasks,
-//! [`reflector`], [`status`], [`metrics`] and [`server`].
+//! Dependencies point one way: `pipeline` → `delivery` → `kafka`, `tenant` → `ops`; nothing
+//! imports a module that imports it.
 
-pub mod circuit;
-pub mod config;
-pub mod consumer;
 pub mod delivery;
-pub mod drain;
 pub mod error;
-pub mod lanes;
-pub mod metrics;
+pub mod kafka;
+pub mod ops;
 pub mod pipeline;
-pub mod reflector;
-pub mod retry_topics;
-pub mod secrets;
-pub mod server;
-pub mod status;
-pub mod webhooks;
-pub mod worker;
-pub use hookline_crds::duration;
-pub mod envelope;
-pub mod matching;
-pub mod ordering;
-pub mod ratelimit;
-pub mod retry;
-pub mod signing;
-pub mod ssrf;
+pub mod tenant;
 
 /// Installs ring as the process's rustls crypto provider, once. reqwest is built without a
 /// provider of its own (so only ring, which kube already links, is compiled in); call this

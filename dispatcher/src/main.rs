@@ -15,20 +15,22 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use hookline_core::envelope::Limits;
+use hookline_core::retry_topics::Tiers;
 use hookline_crds::Webhook;
-use hookline_dispatcher::config::Config;
-use hookline_dispatcher::consumer;
-use hookline_dispatcher::delivery::Deliverer;
-use hookline_dispatcher::envelope::Limits;
-use hookline_dispatcher::metrics::Metrics;
-use hookline_dispatcher::pipeline::{Parts, Pipeline};
-use hookline_dispatcher::reflector::Reflector;
-use hookline_dispatcher::retry_topics::Tiers;
-use hookline_dispatcher::server::{self, Health};
-use hookline_dispatcher::ssrf::AddressPolicy;
-use hookline_dispatcher::webhooks::Registry;
-use hookline_dispatcher::worker::Shared;
-use hookline_dispatcher::{secrets, status};
+use hookline_dispatcher::delivery::attempt::Shared;
+use hookline_dispatcher::delivery::client::Deliverer;
+use hookline_dispatcher::delivery::test_send::test_send;
+use hookline_dispatcher::kafka::consumer;
+use hookline_dispatcher::kafka::writer::Writer;
+use hookline_dispatcher::ops::config::{self, Config};
+use hookline_dispatcher::ops::health::{self, Health};
+use hookline_dispatcher::ops::metrics::Metrics;
+use hookline_dispatcher::pipeline::pressure::Pressure;
+use hookline_dispatcher::pipeline::{Pipeline, Wiring};
+use hookline_dispatcher::tenant::endpoints::Registry;
+use hookline_dispatcher::tenant::reflector::Reflector;
+use hookline_dispatcher::tenant::{keys, status};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client};
 use rdkafka::producer::FutureProducer;
@@ -60,9 +62,7 @@ async fn main() -> anyhow::Result<()> {
         .json()
         .init();
     let config = Config::parse();
-    hookline_dispatcher::webhooks::set_default_retry(
-        config.default_retry().map_err(anyhow::Error::msg)?,
-    );
+    let default_retry = config.default_retry().map_err(anyhow::Error::msg)?;
     hookline_dispatcher::install_crypto_provider();
     let ns = config.tenant_namespace.clone();
     info!(namespace = %ns, events = %config.events_topic, group = %config.consumer_group, "starting");
@@ -71,7 +71,11 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::register(&prom, &ns);
     let health = Arc::new(Health::default());
     let server_stop = CancellationToken::new();
-    let server = server::serve(config.listen, prom, health.clone(), server_stop.clone())
+    let listen: std::net::SocketAddr = config
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?} is not an address:port", config.listen))?;
+    let server = health::serve(listen, prom, health.clone(), server_stop.clone())
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     info!(listen = %config.listen, "serving /metrics, /healthz, /readyz");
@@ -79,11 +83,8 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let registry = Arc::new(Registry::new());
-    let deliverer = Deliverer::new(
-        AddressPolicy::new(config.allow_cidrs.clone()),
-        config.allow_http,
-    )?;
+    let registry = Arc::new(Registry::new(default_retry));
+    let deliverer = Deliverer::new(config.address.policy(), config.address.allow_http)?;
     let tasks_stop = CancellationToken::new();
 
     let secrets_wake = Arc::new(Notify::new());
@@ -93,12 +94,17 @@ async fn main() -> anyhow::Result<()> {
         namespace: ns.clone(),
         registry: registry.clone(),
         secrets: secrets_wake.clone(),
-        deliverer: deliverer.clone(),
+        start_test: {
+            let deliverer = deliverer.clone();
+            Box::new(move |endpoint, nonce| {
+                tokio::spawn(test_send(endpoint, nonce, deliverer.clone()));
+            })
+        },
         metrics: metrics.clone(),
         synced: synced_tx,
     };
     tokio::spawn(reflector.run(tasks_stop.clone()));
-    tokio::spawn(secrets::run(
+    tokio::spawn(keys::run(
         client.clone(),
         ns.clone(),
         registry.clone(),
@@ -138,8 +144,7 @@ async fn main() -> anyhow::Result<()> {
     }
     health.set_synced();
 
-    let producer: FutureProducer = config
-        .producer_config()
+    let producer: FutureProducer = config::producer_config(&config)
         .create()
         .context("creating the Kafka producer")?;
     let tiers = Tiers::new(
@@ -153,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
     topics.extend(tiers.topics());
     {
         let (config, names, stop) = (
-            config.scanner_config(),
+            config::scanner_config(&config),
             topics.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>(),
             stop.clone(),
         );
@@ -172,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (consumer, rebalances, committable) = consumer::subscribe(
-        &config.consumer_config(),
+        &config::consumer_config(&config),
         &config.events_topic,
         &topics,
         metrics.clone(),
@@ -183,26 +188,28 @@ async fn main() -> anyhow::Result<()> {
 
     let (completions_tx, completions) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
-        producer,
+        writer: Writer {
+            producer,
+            tiers,
+            events_topic: config.events_topic.clone(),
+            dead_letter_topic: config.dead_letter_topic.clone(),
+            attempts_topic: config.attempts_topic.clone(),
+        },
         deliverer,
-        tiers,
-        events_topic: Arc::from(config.events_topic.as_str()),
-        dead_letter_topic: config.dead_letter_topic.clone(),
-        attempts_topic: config.attempts_topic.clone(),
         metrics,
         completions: completions_tx,
         stop: CancellationToken::new(),
     });
-    let pipeline = Pipeline::new(Parts {
+    let pipeline = Pipeline::new(Wiring {
         consumer,
         rebalances,
         committable,
-        scanner: config.scanner_config(),
+        scanner: config::scanner_config(&config),
         shared,
         completions,
         registry,
         health: health.clone(),
-        max_pending: config.max_pending,
+        pressure: Pressure::new(config.max_pending),
         limits: Limits {
             max_record_bytes: config.max_record_bytes,
         },
@@ -211,7 +218,8 @@ async fn main() -> anyhow::Result<()> {
     // On a worker thread rather than this one: completions and records then
     // wake a task in the runtime instead of parking and unparking the main
     // thread for every message (see BENCHMARKS.md).
-    if let Err(e) = tokio::spawn(pipeline.run(stop)).await {
+    let outcome = tokio::spawn(pipeline.run(stop)).await;
+    if let Err(e) = &outcome {
         error!(error = %e, "the pipeline stopped abnormally");
     }
 
@@ -220,6 +228,9 @@ async fn main() -> anyhow::Result<()> {
     tasks_stop.cancel();
     server_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    // A pipeline that died (a panic) exits non-zero so Kubernetes restarts the Pod; the
+    // offsets it did not commit are delivered again.
+    outcome.context("the pipeline task failed")?;
     info!("stopped");
     Ok(())
 }

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::Context as _;
 
+use hookline_core::args::{DispatcherArgs, RetryTier};
+
 use crate::{Env, LogDump, cache_dir, kafka};
 
 /// The debug build of `hookline-dispatcher` (what the pod runner runs).
@@ -60,6 +62,25 @@ pub struct Dispatcher {
     pub listen: String,
 }
 
+impl OwnTopics {
+    /// The dispatcher's settings for these topics (one 1 s retry tier, the events topic's name
+    /// as consumer group), `--allow-http`, listening on `listen`.
+    pub fn args(&self, namespace: &str, env: &Env, listen: &str) -> DispatcherArgs {
+        let mut args = DispatcherArgs::for_tenant(namespace, &env.kafka_bootstrap);
+        args.events_topic.clone_from(&self.events);
+        args.dead_letter_topic.clone_from(&self.dead_letter);
+        args.attempts_topic.clone_from(&self.attempts);
+        args.consumer_group.clone_from(&self.events);
+        args.retry_topics = vec![RetryTier {
+            delay: std::time::Duration::from_secs(1),
+            topic: self.retry.clone(),
+        }];
+        args.listen = listen.to_owned();
+        args.address.allow_http = true;
+        args
+    }
+}
+
 impl Dispatcher {
     /// Starts the dispatcher of `namespace` on `topics` with `--allow-http` and the `extra`
     /// flags, logging at `info` to `<namespace>-dispatcher.log` in the temp dir (added to `dump`).
@@ -81,17 +102,7 @@ impl Dispatcher {
         let child = Command::new(binary())
             .env("KUBECONFIG", &env.kubeconfig)
             .env("RUST_LOG", "info")
-            .args([
-                format!("--tenant-namespace={namespace}"),
-                format!("--kafka-bootstrap={}", env.kafka_bootstrap),
-                format!("--events-topic={}", topics.events),
-                format!("--dead-letter-topic={}", topics.dead_letter),
-                format!("--attempts-topic={}", topics.attempts),
-                format!("--retry-topic=1s={}", topics.retry),
-                format!("--consumer-group={}", topics.events),
-                format!("--listen={listen}"),
-                "--allow-http".into(),
-            ])
+            .args(topics.args(namespace, env, &listen).to_args())
             .args(extra)
             .stdout(Stdio::from(std::fs::File::create(&log)?))
             .stderr(Stdio::from(std::fs::File::create(

@@ -1,6 +1,7 @@
-//! Kafka helpers for tests: a topic of a test's own (created with the admin API, since the
-//! broker has automatic topic creation off), a producer that waits for `acks=all`, and a
-//! consumer that reads a topic from the beginning.
+//! Kafka helpers for tests and the benchmark: topics of their own (created and deleted with the
+//! admin API, since the broker has automatic topic creation off), a producer that waits for
+//! `acks=all`, records produced one at a time or many at once, and a consumer that reads a topic
+//! from the beginning.
 
 use std::time::Duration;
 
@@ -48,25 +49,47 @@ fn base_config(env: &Env) -> ClientConfig {
     c
 }
 
+/// How long the broker may take to create or delete topics.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Creates `hl-test-<prefix>-<random>` with `partitions` partitions and returns its name.
 ///
 /// # Errors
 /// When the broker refuses.
 pub async fn create_topic(env: &Env, prefix: &str, partitions: i32) -> anyhow::Result<String> {
     let name = format!("hl-test-{prefix}-{}", random_suffix());
+    create_topics(env, std::slice::from_ref(&name), partitions).await?;
+    Ok(name)
+}
+
+/// Creates the topics `names`, `partitions` partitions each, replication factor 1.
+///
+/// # Errors
+/// When the broker refuses one.
+pub async fn create_topics(env: &Env, names: &[String], partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config(env).create()?;
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    for r in results {
+    let new: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    for r in admin.create_topics(&new, &opts).await? {
         if let Err((topic, code)) = r {
             bail!("creating topic {topic}: {code}");
         }
     }
-    Ok(name)
+    Ok(())
+}
+
+/// Deletes the topics `names`, best effort (a missing topic or an unreachable broker is not an
+/// error: this is clean-up).
+pub async fn delete_topics(env: &Env, names: &[String]) {
+    let Ok(admin) = base_config(env).create::<AdminClient<DefaultClientContext>>() else {
+        return;
+    };
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let _ = admin.delete_topics(&refs, &opts).await;
 }
 
 /// A producer with `acks=all` and idempotence on, as Hookline's users are told to configure.
@@ -108,6 +131,33 @@ pub async fn produce(
         .await
         .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
     Ok((delivery.partition, delivery.offset))
+}
+
+/// Hands every (key, value) of `records` to the producer at once, in the given order, and waits
+/// for all acknowledgements (30 s each): a burst, for tests that need load rather than a strict
+/// order (a full local queue makes the producer retry a record, which may reorder it).
+///
+/// # Errors
+/// When a record is not acknowledged.
+pub async fn produce_many(
+    producer: &FutureProducer,
+    topic: &str,
+    records: impl IntoIterator<Item = (String, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    let sends = records.into_iter().map(|(key, value)| async move {
+        producer
+            .send(
+                FutureRecord::to(topic).key(&key).payload(&value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))
+    });
+    for r in futures::future::join_all(sends).await {
+        r?;
+    }
+    Ok(())
 }
 
 /// Reads `count` records of `topic` from the beginning, in a fresh consumer group.

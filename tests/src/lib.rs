@@ -1,16 +1,19 @@
-//! The harness every integration and end-to-end test uses to reach the real local environment
-//! (kube-apiserver + etcd + kube-controller-manager, Kafka, the pod runner) that `localenv/up.sh`
-//! starts.
+//! The harness every integration and end-to-end test (and the benchmark, `hookline-bench`) uses
+//! to reach the real local environment (kube-apiserver + etcd + kube-controller-manager, Kafka,
+//! the pod runner) that `localenv/up.sh` starts.
 //!
 //! Flow: [`Env::get`] reads `$HOOKLINE_RUN_DIR/env.sh` (starting the environment when it is not
-//! up) → a test takes its own [`TestNamespace`] and Kafka topics ([`kafka`]) → drives the system
-//! and observes it through [`receiver::Receiver`] and [`wait::until`] → on failure,
+//! up; [`Env::read`] only reads it) → a test takes its own [`TestNamespace`] or
+//! [`tenant::Tenant`] and Kafka topics ([`kafka`]) → produces [`events`], drives the system and
+//! observes it through [`receiver::Receiver`], [`pods`] and [`wait::until`] → on failure,
 //! [`LogDump`] prints the tails of the component and Pod logs.
 
 pub mod crd;
 pub mod dispatcher;
+pub mod events;
 pub mod install;
 pub mod kafka;
+pub mod pods;
 pub mod python;
 pub mod receiver;
 pub mod tenant;
@@ -105,10 +108,19 @@ impl Env {
         Self::read()
     }
 
-    fn read() -> anyhow::Result<Env> {
+    /// The running environment, from `env.sh`, without starting it (what the benchmark uses:
+    /// it measures an environment it was given).
+    ///
+    /// # Errors
+    /// When `env.sh` is missing (the environment is not up) or lacks a variable.
+    pub fn read() -> anyhow::Result<Env> {
         let path = run_dir().join("env.sh");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (is the environment up? make env-up)",
+                path.display()
+            )
+        })?;
         let vars = parse_env_sh(&text);
         let get = |k: &str| {
             vars.get(k)

@@ -73,6 +73,14 @@ impl Behavior {
         }
     }
 
+    /// Answer 200 after `delay` (a slow receiver).
+    pub fn delayed(delay: Duration) -> Behavior {
+        Behavior {
+            delay,
+            ..Behavior::default()
+        }
+    }
+
     /// Answer 200, except `fail_status` (503) to every `n`th request.
     pub fn fail_every(n: u32) -> Behavior {
         Behavior {

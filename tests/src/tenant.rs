@@ -1,17 +1,18 @@
 //! A tenant of the controller-created dispatcher, for end-to-end tests: a namespace of the
 //! test's own (deleted when dropped) with the controller installed, and the helpers tests use on
-//! it — create a `Webhook` and wait for Ready, produce to its events topic, read its signing
-//! key, wait for status counters, reach its dispatcher Pod. Helpers panic on failure, with the
-//! cause, as the test would.
+//! it — create a `Webhook` and wait for Ready, produce to its events topic, read or rotate its
+//! signing key, wait for status counters, reach its dispatcher Pod. Helpers panic on failure,
+//! with the cause, as the test would. The benchmark's tenants are made here too
+//! ([`Tenant::create_in`]).
 
 use std::time::Duration;
 
-use hookline_crds::{Webhook, conditions::types, naming};
-use hookline_dispatcher::signing;
+use hookline_core::{conditions::types, naming, signing};
+use hookline_crds::{Webhook, annotations};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{
     Api, Client,
-    api::{ListParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use rdkafka::producer::FutureRecord;
 use serde_json::json;
@@ -54,14 +55,24 @@ impl Tenant {
             eprintln!("installing the controller failed ({e:#}); trying again");
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
-        let ns = TestNamespace::create(&env, &client, prefix).await.unwrap();
+        Self::create_in(env, client, prefix).await.unwrap()
+    }
+
+    /// Creates `hl-<prefix>-<random>` in `env`, whose controller the caller has made sure of
+    /// (the benchmark: it neither starts the environment nor reinstalls a running controller,
+    /// and carries on after a failure).
+    ///
+    /// # Errors
+    /// When the API server refuses the namespace.
+    pub async fn create_in(env: Env, client: Client, prefix: &str) -> anyhow::Result<Tenant> {
+        let ns = TestNamespace::create(&env, &client, prefix).await?;
         let api = Api::<Webhook>::namespaced(client.clone(), &ns.name);
-        Tenant {
+        Ok(Tenant {
             env,
             client,
             ns,
             api,
-        }
+        })
     }
 
     /// Creates a `Webhook` with `extra` merged into its spec and waits until it is Ready
@@ -166,6 +177,31 @@ impl Tenant {
     /// As [`Tenant::whsec`], or when the key does not parse.
     pub async fn signing_key(&self, webhook: &str) -> signing::Secret {
         signing::Secret::parse(&self.whsec(webhook).await).unwrap()
+    }
+
+    /// Asks the controller to rotate the `Webhook`'s signing key (annotation
+    /// `hookline.dev/rotate-secret: <nonce>`) and waits until `status.secret.generation` is
+    /// `generation`.
+    ///
+    /// # Panics
+    /// When the patch is refused or the generation does not arrive within [`WITHIN`].
+    pub async fn rotate_key(&self, webhook: &str, nonce: &str, generation: i64) {
+        let patch = json!({"metadata": {"annotations": {(annotations::ROTATE_SECRET): nonce}}});
+        self.api
+            .patch(webhook, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        let what = format!("key generation {generation} in status");
+        wait::until(WITHIN, &what, || async {
+            let wh = self.api.get(webhook).await?;
+            Ok(wh
+                .status
+                .and_then(|s| s.secret)
+                .filter(|s| s.generation == generation)
+                .map(|_| ()))
+        })
+        .await
+        .unwrap();
     }
 
     /// Waits until `status.<field>` of `name` is at least `n`, and returns the `Webhook`.

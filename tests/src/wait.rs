@@ -43,14 +43,18 @@ pub async fn condition(
 ) -> anyhow::Result<hookline_crds::Webhook> {
     until(deadline, &format!("{name} {type_}=True"), || async {
         let w = api.get(name).await?;
-        let ok = w.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == type_ && c.status == "True")
-        });
-        Ok(ok.then_some(w))
+        Ok(condition_is_true(&w, type_).then_some(w))
     })
     .await
+}
+
+/// Whether condition `type_` of `wh` is `True`.
+pub fn condition_is_true(wh: &hookline_crds::Webhook, type_: &str) -> bool {
+    wh.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    })
 }
 
 #[cfg(test)]

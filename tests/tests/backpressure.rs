@@ -7,16 +7,17 @@
 
 use std::time::Duration;
 
-use hookline_crds::{Webhook, conditions::types};
+use hookline_core::conditions::types;
+use hookline_crds::Webhook;
 use hookline_tests::{
     Env, LogDump, TestNamespace,
     dispatcher::{Dispatcher, OwnTopics},
+    events::event,
     http_get, install, kafka,
     receiver::{self, Behavior, Receiver},
     wait,
 };
 use kube::{Api, api::PostParams};
-use rdkafka::producer::FutureRecord;
 use serde_json::json;
 
 const EVENTS: usize = 1_500;
@@ -44,13 +45,7 @@ async fn a_backlog_far_over_max_pending_drains_completely_in_order_without_overf
         .await
         .unwrap();
     let rx = Receiver::start().await.unwrap();
-    rx.program(
-        "/lone",
-        Behavior {
-            delay: Duration::from_millis(3),
-            ..Behavior::default()
-        },
-    );
+    rx.program("/lone", Behavior::delayed(Duration::from_millis(3)));
     let api = Api::<Webhook>::namespaced(client.clone(), &ns.name);
     let wh: Webhook = serde_json::from_value(
         json!({"apiVersion": "hookline.dev/v1alpha1", "kind": "Webhook",
@@ -66,26 +61,15 @@ async fn a_backlog_far_over_max_pending_drains_completely_in_order_without_overf
     let topics = OwnTopics::create(&env, "bp", 3).await.unwrap();
     // The whole backlog first, so the dispatcher reads it as fast as Kafka hands it over.
     let producer = kafka::producer(&env).unwrap();
-    let sends = (0..EVENTS).map(|i| {
-        let (producer, events) = (producer.clone(), topics.events.clone());
-        async move {
-            let key = format!("k{}", i % KEYS);
-            let value = serde_json::to_vec(&json!({"id": format!("evt_{i}"), "type": "a.b",
-                "timestamp": "2026-11-23T12:00:00Z", "data": {"i": i}}))
-            .unwrap();
-            producer
-                .send(
-                    FutureRecord::to(&events).key(&key).payload(&value),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        }
+    let records = (0..EVENTS).map(|i| {
+        (
+            format!("k{}", i % KEYS),
+            event(&format!("evt_{i}"), "a.b", json!({"i": i})),
+        )
     });
-    for r in futures::future::join_all(sends).await {
-        r.unwrap();
-    }
+    kafka::produce_many(&producer, &topics.events, records)
+        .await
+        .unwrap();
 
     let dispatcher = Dispatcher::start(
         &env,

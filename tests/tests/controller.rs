@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use hookline_crds::{Webhook, conditions::types, naming};
+use hookline_core::{conditions::types, naming};
+use hookline_crds::Webhook;
 use hookline_tests::{Env, LogDump, TestNamespace, install, wait};
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -94,10 +95,8 @@ async fn webhook_gets_secret_dispatcher_rbac_topics_and_becomes_ready() {
         assert_eq!(condition(&wh, t).unwrap().0, "True", "{t}");
     }
     assert!(
-        wh.metadata
-            .finalizers
-            .unwrap_or_default()
-            .contains(&"hookline.dev/cleanup".to_string())
+        wh.metadata.finalizers.unwrap_or_default().is_empty(),
+        "no finalizer: the tenant reconciler removes a tenant's objects when its last Webhook goes"
     );
 
     // The signing Secret: owned by the Webhook, a 32-byte whsec_ key; the status names it, never the key.
@@ -107,7 +106,7 @@ async fn webhook_gets_secret_dispatcher_rbac_topics_and_becomes_ready() {
         .unwrap();
     assert_eq!(secret.metadata.owner_references.unwrap()[0].name, "fraud");
     let key = String::from_utf8(secret.data.unwrap()["secret"].0.clone()).unwrap();
-    assert!(hookline_dispatcher::signing::Secret::parse(&key).is_ok());
+    assert!(hookline_core::signing::Secret::parse(&key).is_ok());
     let s = status.secret.unwrap();
     assert_eq!((s.name.as_str(), s.generation), ("fraud-signing", 1));
     let status_json = serde_json::to_string(&wh.status).unwrap();
@@ -296,7 +295,7 @@ async fn referenced_secret_is_checked_and_a_missing_one_is_named() {
         .await
         .unwrap();
 
-    let key = hookline_dispatcher::signing::Secret::generate().expose_whsec();
+    let key = hookline_core::signing::Secret::generate().expose_whsec();
     let secret: Secret = serde_json::from_value(
         json!({"metadata": {"name": "my-key"}, "stringData": {"secret": key}}),
     )
@@ -556,22 +555,26 @@ async fn deleting_the_last_webhook_removes_the_dispatcher_and_its_rbac() {
         deployments.get_opt(&name).await.unwrap().is_some(),
         "another Webhook still needs the dispatcher"
     );
-    let role = Api::<Role>::namespaced(client.clone(), &ns.name)
-        .get(&name)
-        .await
-        .unwrap();
-    let names: Vec<String> = role
-        .rules
-        .unwrap()
-        .iter()
-        .filter_map(|r| r.resource_names.clone())
-        .flatten()
-        .collect();
-    assert_eq!(
-        names,
-        vec!["two-signing".to_string()],
-        "the deleted Webhook's Secret is no longer readable"
-    );
+    // The tenant reconciler follows the deletion (no finalizer holds the Webhook back).
+    let roles = Api::<Role>::namespaced(client.clone(), &ns.name);
+    wait::until(
+        Duration::from_secs(30),
+        "the deleted Webhook's Secret no longer readable",
+        || async {
+            let names: Vec<String> = roles
+                .get(&name)
+                .await?
+                .rules
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| r.resource_names.clone())
+                .flatten()
+                .collect();
+            Ok((names == ["two-signing"]).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
 
     api.delete("two", &DeleteParams::default()).await.unwrap();
     wait::until(

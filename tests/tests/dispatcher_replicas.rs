@@ -13,21 +13,18 @@ use std::{
     time::Duration,
 };
 
-use hookline_crds::{Webhook, conditions::types, naming};
+use hookline_core::{conditions::types, naming};
+use hookline_crds::Webhook;
 use hookline_tests::{
-    Env, LogDump, TestNamespace, http_get, install, kafka,
+    Env, LogDump, TestNamespace,
+    events::event,
+    http_get, install, kafka, pods,
     receiver::{Behavior, Receiver},
     wait,
 };
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
-use kube::{
-    Api, Client,
-    api::{ListParams, PostParams},
-};
-use rdkafka::{
-    consumer::{BaseConsumer, Consumer},
-    producer::FutureRecord,
-};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Api, Client, api::PostParams};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
 
 const OP: &str = install::OPERATOR_NAMESPACE;
@@ -142,21 +139,7 @@ async fn two_dispatcher_replicas(env: &Env, client: &Client, deployment: &str) {
 
 /// The tenant's Ready dispatcher Pods: (name, Pod IP).
 async fn dispatcher_pods(client: &Client, tenant: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let pods = Api::<Pod>::namespaced(client.clone(), OP)
-        .list(&ListParams::default().labels(&format!("hookline.dev/tenant={tenant}")))
-        .await?;
-    Ok(pods
-        .items
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .filter_map(|p| Some((p.metadata.name.clone()?, p.status.as_ref()?.pod_ip.clone()?)))
-        .collect())
+    pods::ready_pods(client, OP, &format!("hookline.dev/tenant={tenant}")).await
 }
 
 /// Partitions of `topic` in a classic consumer-protocol assignment.
@@ -283,19 +266,9 @@ async fn with_two_dispatcher_replicas_both_deliver_and_the_status_totals_add_up(
     }))
     .unwrap();
     api.create(&PostParams::default(), &wh).await.unwrap();
-    wait::until(WITHIN, "fraud Ready", || async {
-        let wh = api.get("fraud").await?;
-        Ok(wh
-            .status
-            .is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == types::READY && c.status == "True")
-            })
-            .then_some(()))
-    })
-    .await
-    .unwrap();
+    wait::condition(&api, "fraud", types::READY, WITHIN)
+        .await
+        .unwrap();
 
     // Two available replicas, and both in the consumer group with a share of the events topic.
     let deployment = naming::dispatcher(&ns.name);
@@ -308,7 +281,7 @@ async fn with_two_dispatcher_replicas_both_deliver_and_the_status_totals_add_up(
     .await
     .unwrap();
     let topics = naming::topics(&ns.name);
-    let group = format!("hookline-dispatcher.{}", ns.name);
+    let group = naming::consumer_group(&ns.name);
     let members = wait::until(WITHIN, "both replicas in the consumer group", || async {
         let (env, group, topic) = (env.clone(), group.clone(), topics.events.clone());
         let members =
@@ -325,26 +298,13 @@ async fn with_two_dispatcher_replicas_both_deliver_and_the_status_totals_add_up(
 
     // Produce across many keys (3 partitions, so both replicas get work).
     let producer = kafka::producer(&env).unwrap();
-    let sends = (0..EVENTS).map(|i| {
-        let (producer, topic) = (producer.clone(), topics.events.clone());
-        async move {
-            let key = format!("acct-{}", i % KEYS);
-            let value = serde_json::to_vec(&json!({
-                "id": format!("evt_{i}"), "type": "transaction.approved",
-                "timestamp": "2026-11-23T12:00:00Z", "data": {"i": i}
-            }))
-            .unwrap();
-            let record = FutureRecord::to(&topic).key(&key).payload(&value);
-            producer
-                .send(record, Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        }
+    let records = (0..EVENTS).map(|i| {
+        let value = event(&format!("evt_{i}"), "transaction.approved", json!({"i": i}));
+        (format!("acct-{}", i % KEYS), value)
     });
-    for r in futures::future::join_all(sends).await {
-        r.unwrap();
-    }
+    kafka::produce_many(&producer, &topics.events, records)
+        .await
+        .unwrap();
 
     // Every event arrives (once or more); per key, first arrivals are in produce order.
     let ids = |rs: &[hookline_tests::receiver::Recorded]| -> HashSet<String> {

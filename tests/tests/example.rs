@@ -10,7 +10,8 @@ use std::{
     time::Duration,
 };
 
-use hookline_crds::{Webhook, conditions::types};
+use hookline_core::conditions::types;
+use hookline_crds::Webhook;
 use hookline_tests::{Env, LogDump, TestNamespace, install, python, repo_root, wait};
 use kube::Api;
 
@@ -57,17 +58,9 @@ async fn fraud_decisions_example_delivers_verified_events_to_each_receiver_and_c
         ("rejected", "rejections"),
         ("review", "reviews"),
     ] {
-        wait::until(Duration::from_secs(120), &format!("{wh} Ready"), || async {
-            let w = api.get(wh).await?;
-            let ready = w.status.is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == types::READY && c.status == "True")
-            });
-            Ok(ready.then_some(()))
-        })
-        .await
-        .unwrap();
+        wait::condition(&api, wh, types::READY, Duration::from_secs(120))
+            .await
+            .unwrap();
         let key = env
             .kubectl(&[
                 "-n",

@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
-use hookline_crds::{Webhook, conditions::types};
+use hookline_core::conditions::types;
+use hookline_crds::Webhook;
 use hookline_tests::{Env, LogDump, TestNamespace, http_get, install, wait};
 use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod};
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{DeleteParams, PostParams},
 };
 use serde_json::json;
 
@@ -30,6 +31,23 @@ fn reconciles(metrics: &str) -> i64 {
         .sum::<f64>() as i64
 }
 
+/// Waits up to 90 s until the controller has reconciled `Webhook` `name` (it has a
+/// `SecretReady` condition, whatever its status).
+async fn reconciled(api: &Api<Webhook>, name: &str, what: &str) {
+    wait::until(Duration::from_secs(90), what, || async {
+        let w = api.get(name).await?;
+        Ok(w.status
+            .and_then(|s| {
+                s.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == types::SECRET_READY)
+            })
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn one_of_two_controllers_leads_and_the_other_takes_over_when_it_is_killed() {
     let _dump = LogDump::new();
@@ -38,22 +56,8 @@ async fn one_of_two_controllers_leads_and_the_other_takes_over_when_it_is_killed
     install::controller(&env, &client).await.unwrap();
     install::helm_install(&env, &["controller.replicas=2"]).unwrap();
     let pods = Api::<Pod>::namespaced(client.clone(), OP);
-    let lp = ListParams::default().labels("app.kubernetes.io/name=hookline-controller");
-    let ready_pods = || async {
-        let list = pods.list(&lp).await?;
-        let ready: Vec<(String, String)> = list
-            .items
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .filter_map(|p| Some((p.metadata.name.clone()?, p.status.as_ref()?.pod_ip.clone()?)))
-            .collect();
-        anyhow::Ok(ready)
+    let ready_pods = || {
+        hookline_tests::pods::ready_pods(&client, OP, "app.kubernetes.io/name=hookline-controller")
     };
     let two = wait::until(
         Duration::from_secs(120),
@@ -91,18 +95,7 @@ async fn one_of_two_controllers_leads_and_the_other_takes_over_when_it_is_killed
     api.create(&PostParams::default(), &wh("before"))
         .await
         .unwrap();
-    wait::until(Duration::from_secs(90), "before reconciled", || async {
-        let w = api.get("before").await?;
-        Ok(w.status
-            .and_then(|s| {
-                s.conditions
-                    .into_iter()
-                    .find(|c| c.type_ == types::SECRET_READY)
-            })
-            .map(|_| ()))
-    })
-    .await
-    .unwrap();
+    reconciled(&api, "before", "before reconciled").await;
     for (name, ip) in &two {
         let m = http_get(&format!("{ip}:8080"), "/metrics").unwrap();
         if *name == holder {
@@ -135,22 +128,7 @@ async fn one_of_two_controllers_leads_and_the_other_takes_over_when_it_is_killed
     api.create(&PostParams::default(), &wh("after"))
         .await
         .unwrap();
-    wait::until(
-        Duration::from_secs(90),
-        "after reconciled by the new leader",
-        || async {
-            let w = api.get("after").await?;
-            Ok(w.status
-                .and_then(|s| {
-                    s.conditions
-                        .into_iter()
-                        .find(|c| c.type_ == types::SECRET_READY)
-                })
-                .map(|_| ()))
-        },
-    )
-    .await
-    .unwrap();
+    reconciled(&api, "after", "after reconciled by the new leader").await;
 
     // Back to one replica for whatever runs next.
     install::helm_install(&env, &[]).unwrap();

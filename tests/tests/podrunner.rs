@@ -2,9 +2,13 @@
 //! ReplicaSet controllers becomes local processes with Ready Pods, a killed process is
 //! restarted, and deleting the Deployment ends its processes.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
-use hookline_tests::{Env, LogDump, TestNamespace, run_dir, wait};
+use hookline_tests::{
+    Env, LogDump, TestNamespace,
+    pods::{self, alive, is_ready},
+    wait,
+};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{
     Api,
@@ -12,36 +16,9 @@ use kube::{
 };
 use serde_json::json;
 
-fn pid_file(ns: &str, pod: &str) -> PathBuf {
-    run_dir()
-        .join("pods")
-        .join(format!("{ns}_{pod}"))
-        .join("web.pid")
-}
-
+/// The pid of the `web` container of Pod `pod` in `ns`.
 fn read_pid(ns: &str, pod: &str) -> Option<i32> {
-    std::fs::read_to_string(pid_file(ns, pod))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie is dead for our purposes.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(")")
-                .is_none_or(|(_, rest)| rest.split_whitespace().next() != Some("Z"))
-        })
-        .unwrap_or(false)
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pods::pid(ns, pod, "web")
 }
 
 #[tokio::test]
@@ -88,7 +65,7 @@ async fn deployment_replicas_run_as_local_processes_restart_when_killed_and_end_
             let live: Vec<String> = list
                 .items
                 .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none() && ready(p))
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
                 .filter_map(|p| p.metadata.name.clone())
                 .filter(|n| read_pid(&ns.name, n).is_some_and(alive))
                 .collect();
@@ -143,10 +120,10 @@ async fn deployment_replicas_run_as_local_processes_restart_when_killed_and_end_
                 .and_then(|cs| cs.first())
                 .map_or(0, |c| c.restart_count);
             let new_pid = read_pid(&ns.name, victim);
-            Ok(
-                (restarts >= 1 && new_pid.is_some_and(|p| p != old_pid && alive(p)) && ready(&pod))
-                    .then_some(()),
-            )
+            Ok((restarts >= 1
+                && new_pid.is_some_and(|p| p != old_pid && alive(p))
+                && is_ready(&pod))
+            .then_some(()))
         },
     )
     .await

@@ -11,15 +11,16 @@
 //!   is still handled.
 //!
 //! No traffic leaves loopback: the refusal of private and public ranges is proven by the unit
-//! tests of `hookline_dispatcher::ssrf`.
+//! tests of `hookline_core::ssrf`.
 
 use std::time::Duration;
 
-use hookline_crds::{Webhook, conditions::types};
+use hookline_core::conditions::types;
+use hookline_crds::Webhook;
 use hookline_tests::{
     Env, LogDump, TestNamespace,
     dispatcher::{Dispatcher, OwnTopics},
-    install, kafka,
+    events, install, kafka,
     receiver::Receiver,
     wait,
 };
@@ -55,11 +56,9 @@ async fn redirector(location: String) -> u16 {
     port
 }
 
+/// Event `id` of type `a.b`, which every `Webhook` here subscribes to.
 fn event(id: &str) -> Vec<u8> {
-    serde_json::to_vec(
-        &json!({"id": id, "type": "a.b", "timestamp": "2026-11-23T12:00:00Z", "data": {"n": 1}}),
-    )
-    .unwrap()
+    events::event(id, "a.b", json!({"n": 1}))
 }
 
 #[tokio::test]

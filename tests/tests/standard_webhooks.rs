@@ -17,7 +17,6 @@ use hookline_tests::{
     tenant::{Tenant, WITHIN},
     wait,
 };
-use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 /// Files of one test in the temp dir, removed when dropped (they hold a signing key).
@@ -123,16 +122,17 @@ fn event(i: usize) -> Vec<u8> {
     .unwrap()
 }
 
-#[tokio::test]
-async fn the_standardwebhooks_library_verifies_every_delivery_and_refuses_a_tampered_body() {
-    const N: usize = 20;
+/// The venv, then a tenant `hl-<prefix>-…` whose `Webhook` `fraud` (`transaction.*`, with a
+/// custom header) delivers to a fresh receiver at `/fraud`; the log dump comes first, so it
+/// covers the rest of the test.
+async fn fraud_webhook(prefix: &str) -> (LogDump, Tenant, Receiver) {
     // The venv first: a missing Python or PyPI fails here, clearly, before anything is created.
     tokio::task::spawn_blocking(python::venv)
         .await
         .unwrap()
         .expect("a venv with the PyPI standardwebhooks library");
-    let _dump = LogDump::new();
-    let t = Tenant::create("swh").await;
+    let dump = LogDump::new();
+    let t = Tenant::create(prefix).await;
     let rx = Receiver::start().await.unwrap();
     t.webhook(
         "fraud",
@@ -141,6 +141,13 @@ async fn the_standardwebhooks_library_verifies_every_delivery_and_refuses_a_tamp
         json!({"headers": {"x-team": "risk"}}),
     )
     .await;
+    (dump, t, rx)
+}
+
+#[tokio::test]
+async fn the_standardwebhooks_library_verifies_every_delivery_and_refuses_a_tampered_body() {
+    const N: usize = 20;
+    let (_dump, t, rx) = fraud_webhook("swh").await;
     let whsec = t.whsec("fraud").await;
 
     for i in 0..N {
@@ -222,7 +229,7 @@ async fn the_standardwebhooks_library_verifies_every_delivery_and_refuses_a_tamp
     // And a key that is not the Webhook's verifies nothing.
     let other = scratch.write(
         "other.secret",
-        &hookline_dispatcher::signing::Secret::generate().expose_whsec(),
+        &hookline_core::signing::Secret::generate().expose_whsec(),
     );
     let verdicts = verify_with_library(requests, vec![other]).await;
     assert!(
@@ -233,37 +240,10 @@ async fn the_standardwebhooks_library_verifies_every_delivery_and_refuses_a_tamp
 
 #[tokio::test]
 async fn during_a_key_rotation_a_receiver_with_either_key_verifies_the_deliveries() {
-    tokio::task::spawn_blocking(python::venv)
-        .await
-        .unwrap()
-        .expect("a venv with the PyPI standardwebhooks library");
-    let _dump = LogDump::new();
-    let t = Tenant::create("swh-rot").await;
-    let rx = Receiver::start().await.unwrap();
-    t.webhook(
-        "fraud",
-        &rx.url("/fraud"),
-        &["transaction.*"],
-        json!({"headers": {"x-team": "risk"}}),
-    )
-    .await;
+    let (_dump, t, rx) = fraud_webhook("swh-rot").await;
     let old = t.whsec("fraud").await;
 
-    let patch = json!({"metadata": {"annotations": {"hookline.dev/rotate-secret": "r1"}}});
-    t.api
-        .patch("fraud", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    wait::until(WITHIN, "key generation 2 in status", || async {
-        let wh = t.api.get("fraud").await?;
-        Ok(wh
-            .status
-            .and_then(|s| s.secret)
-            .filter(|s| s.generation == 2)
-            .map(|_| ()))
-    })
-    .await
-    .unwrap();
+    t.rotate_key("fraud", "r1", 2).await;
     let new = t.whsec("fraud").await;
     assert_ne!(old, new, "the rotation made a new key");
     // The dispatcher picks the new key up from the Secret within seconds: send events until one

@@ -1,309 +1,248 @@
-//! Partitions: what the consumer hands over is held per partition and let
-//! through in order when it may go — not while the partition's lanes are
-//! being rebuilt after an assignment (the retry topics are scanned first),
-//! not under back-pressure, and for a retry tier not before its head is
-//! actionable, when the partition is paused and a timer resumes it. Also
-//! here: rebalances, the scan's result, pause/resume and commits.
+//! Partitions: what the consumer hands over is held per partition ([`Partitions::hold`]) and
+//! let through in order when it may go ([`Partitions::next`]) — not while the partition's lanes
+//! are being rebuilt after an assignment (the retry topics are scanned first), and for a retry
+//! tier not before its head is actionable, when the partition is paused and a timer resumes it.
+//! Each partition tracks its offsets ([`OffsetTracker`]) under the assignment epoch it was read
+//! in, and says when it wants to be paused or resumed and which positions may be committed. No
+//! Kafka call is made here: the pipeline makes them on these answers.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use rdkafka::consumer::{CommitMode, Consumer};
+use hookline_core::ordering::OffsetTracker;
+use hookline_core::retry_topics::{RetryMeta, Step, Tiers};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tracing::{debug, info, warn};
+use rdkafka::message::{Message, OwnedMessage};
+use tracing::warn;
 
 use super::records::header_pairs;
-use super::{Pipeline, SCAN_DEADLINE};
-use crate::consumer::{self, PendingRetry, Rebalanced, Tp};
-use crate::ordering::OffsetTracker;
-use crate::retry_topics::{RetryMeta, Step};
-use crate::worker::{Source, now_ms};
-
-pub(super) struct PartState {
-    pub(super) epoch: u64,
-    pub(super) tier: Option<usize>,
-    pub(super) tracker: OffsetTracker,
-    pub(super) held: VecDeque<OwnedMessage>,
-    /// Payload bytes in `held`.
-    pub(super) held_bytes: usize,
-    pub(super) hold_until: Option<i64>,
-    pub(super) scanning: bool,
-    pub(super) paused: bool,
-}
+use crate::delivery::job::Source;
+use crate::kafka::consumer::{PendingRetry, Tp};
 
 /// Records an events partition holds at most, under back-pressure, before it is paused.
-pub(super) const READ_AHEAD: usize = 1_000;
+const READ_AHEAD: usize = 1_000;
 /// Payload bytes an events partition holds at most before it is paused.
-pub(super) const READ_AHEAD_BYTES: usize = 4 << 20;
+const READ_AHEAD_BYTES: usize = 4 << 20;
 
 fn size(msg: &OwnedMessage) -> usize {
     msg.payload().map_or(0, <[u8]>::len)
 }
 
-pub(super) struct ScanDone {
-    pub(super) epoch: u64,
-    pub(super) result: Result<Vec<PendingRetry>, KafkaError>,
+/// The result of the scan of the retry topics that follows an assignment.
+pub struct ScanDone {
+    /// The assignment epoch it was made for.
+    pub epoch: u64,
+    /// The retries still pending, or why the scan failed.
+    pub result: Result<Vec<PendingRetry>, KafkaError>,
 }
 
-impl Pipeline {
-    pub(super) fn on_message(&mut self, msg: Result<BorrowedMessage<'_>, KafkaError>) {
-        let msg = match msg {
-            Ok(m) => m.detach(),
-            Err(e) => {
-                warn!(error = %e, "Kafka consumer error");
-                return;
-            }
-        };
-        let tp = (msg.topic().to_owned(), msg.partition());
-        let tier = self.p.shared.tiers.index_of(&tp.0);
-        let epoch = self.epoch;
-        let part = self.parts.entry(tp.clone()).or_insert_with(|| PartState {
+/// A record that may go now.
+pub struct Ready {
+    /// The record.
+    pub msg: OwnedMessage,
+    /// Where it was read.
+    pub source: Source,
+    /// Its retry tier (`None`: the events topic).
+    pub tier: Option<usize>,
+    /// What its tier says of it.
+    pub step: Step,
+}
+
+struct PartState {
+    epoch: u64,
+    tier: Option<usize>,
+    tracker: OffsetTracker,
+    held: VecDeque<OwnedMessage>,
+    /// Payload bytes in `held`.
+    held_bytes: usize,
+    hold_until: Option<i64>,
+    scanning: bool,
+    paused: bool,
+}
+
+impl PartState {
+    fn new(epoch: u64, tier: Option<usize>, held: VecDeque<OwnedMessage>, paused: bool) -> Self {
+        let held_bytes = held.iter().map(size).sum();
+        PartState {
             epoch,
             tier,
             tracker: OffsetTracker::new(),
-            held: VecDeque::new(),
-            held_bytes: 0,
+            held,
+            held_bytes,
             hold_until: None,
             scanning: true,
-            paused: false,
-        });
+            paused,
+        }
+    }
+}
+
+/// Every assigned partition of the events and retry topics.
+#[derive(Default)]
+pub struct Partitions {
+    map: HashMap<Tp, PartState>,
+    epoch: u64,
+}
+
+impl Partitions {
+    /// The current assignment epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Every partition.
+    pub fn tps(&self) -> Vec<Tp> {
+        self.map.keys().cloned().collect()
+    }
+
+    /// Holds a record handed over by the consumer (`tier`: its retry tier, if any).
+    pub fn hold(&mut self, msg: OwnedMessage, tier: Option<usize>) -> Tp {
+        let tp = (msg.topic().to_owned(), msg.partition());
+        let epoch = self.epoch;
+        let part = self
+            .map
+            .entry(tp.clone())
+            .or_insert_with(|| PartState::new(epoch, tier, VecDeque::new(), false));
         part.held_bytes += size(&msg);
         part.held.push_back(msg);
-        self.drain(&tp);
+        tp
     }
 
-    pub(super) fn drain_all(&mut self) {
-        let tps: Vec<Tp> = self.parts.keys().cloned().collect();
-        for tp in tps {
-            self.drain(&tp);
+    /// The next record of `tp` that may go at `now`, taken off the partition; `None` while it is
+    /// being scanned, empty, or its retry head is not actionable yet (then remembered as
+    /// [`Partitions::next_hold_until`]).
+    pub fn next(&mut self, tp: &Tp, tiers: &Tiers, now: i64) -> Option<Ready> {
+        let part = self.map.get_mut(tp)?;
+        if part.scanning {
+            return None;
         }
-    }
-
-    /// Handles the held records of a partition that may go now, in order.
-    pub(super) fn drain(&mut self, tp: &Tp) {
-        let now = now_ms();
-        loop {
-            let blocked = self.backpressure || self.stopping;
-            let Some(part) = self.parts.get_mut(tp) else {
-                return;
-            };
-            if part.scanning || blocked {
-                break;
-            }
-            let Some(front) = part.held.front() else {
-                part.hold_until = None;
-                break;
-            };
-            let step = match part.tier {
-                None => Step::Deliver,
-                Some(tier) => match RetryMeta::from_headers(&header_pairs(front)) {
-                    Ok(meta) => {
-                        let written = front.timestamp().to_millis().unwrap_or(now);
-                        self.p.shared.tiers.step(tier, written, meta.due_ms, now)
-                    }
-                    Err(_) => Step::Deliver,
-                },
-            };
-            if let Step::Hold(until) = step {
-                part.hold_until = Some(until);
-                break;
-            }
+        let Some(front) = part.held.front() else {
             part.hold_until = None;
-            let (epoch, tier) = (part.epoch, part.tier);
-            let Some(msg) = part.held.pop_front() else {
-                break;
-            };
-            part.held_bytes = part.held_bytes.saturating_sub(size(&msg));
-            let source = Source {
-                topic: Arc::from(tp.0.as_str()),
-                partition: tp.1,
-                offset: msg.offset(),
-                epoch,
-            };
-            match tier {
-                None => self.on_event(&msg, source),
-                Some(tier) => self.on_retry(&msg, source, tier, step),
-            }
-            // Back-pressure as soon as memory is full, not at the next tick:
-            // a backlog is read far faster than it is delivered, and a second
-            // of reading ahead pushed most of it through the overflow path
-            // (a retry-topic write and read per event; see BENCHMARKS.md).
-            if self.total.load(Ordering::Relaxed) > self.p.max_pending {
-                self.check_backpressure();
-            }
+            return None;
+        };
+        let step = match part.tier {
+            None => Step::Deliver,
+            Some(tier) => match RetryMeta::from_headers(&header_pairs(front)) {
+                Ok(meta) => {
+                    let written = front.timestamp().to_millis().unwrap_or(now);
+                    tiers.step(tier, written, meta.due_ms, now)
+                }
+                Err(_) => Step::Deliver,
+            },
+        };
+        if let Step::Hold(until) = step {
+            part.hold_until = Some(until);
+            return None;
         }
-        self.sync_pause(tp);
+        part.hold_until = None;
+        let msg = part.held.pop_front()?;
+        part.held_bytes = part.held_bytes.saturating_sub(size(&msg));
+        let source = Source {
+            topic: Arc::from(tp.0.as_str()),
+            partition: tp.1,
+            offset: msg.offset(),
+            epoch: part.epoch,
+        };
+        Some(Ready {
+            msg,
+            source,
+            tier: part.tier,
+            step,
+        })
     }
 
-    pub(super) fn on_rebalance(&mut self, r: Rebalanced) {
-        match r {
-            Rebalanced::Revoked(tps) => {
-                for tp in &tps {
-                    self.parts.remove(tp);
-                    self.p
-                        .committable
-                        .lock()
-                        .expect("committable lock")
-                        .remove(tp);
-                    if tp.0 == self.p.shared.events_topic.as_ref() {
-                        self.lanes.revoke(tp.1);
-                    }
-                }
-            }
-            Rebalanced::Assigned(tps) => {
-                self.epoch += 1;
-                let epoch = self.epoch;
-                let mut retry_tps = Vec::new();
-                for tp in &tps {
-                    let tier = self.p.shared.tiers.index_of(&tp.0);
-                    if tier.is_some() {
-                        retry_tps.push(tp.clone());
-                    }
-                    // Records of a revoked partition are never handed over
-                    // after the revocation (librdkafka drops them), so what is
-                    // held here arrived for this assignment: keep it.
-                    let held = self.parts.remove(tp).map(|p| p.held).unwrap_or_default();
-                    let held_bytes = held.iter().map(size).sum();
-                    self.parts.insert(
-                        tp.clone(),
-                        PartState {
-                            epoch,
-                            tier,
-                            tracker: OffsetTracker::new(),
-                            held,
-                            held_bytes,
-                            hold_until: None,
-                            scanning: true,
-                            paused: true,
-                        },
-                    );
-                    if tp.0 == self.p.shared.events_topic.as_ref() {
-                        self.lanes.assign(tp.1, epoch);
-                    }
-                }
-                let (consumer, config, tx) = (
-                    self.p.consumer.clone(),
-                    self.p.scanner.clone(),
-                    self.scans.0.clone(),
-                );
-                tokio::task::spawn_blocking(move || {
-                    let result = consumer::scan(&config, &consumer, &retry_tps, SCAN_DEADLINE);
-                    let _ = tx.send(ScanDone { epoch, result });
-                });
-            }
-        }
+    /// When the first held retry head becomes actionable (Unix ms), among partitions not
+    /// being scanned.
+    pub fn next_hold_until(&self) -> Option<i64> {
+        self.map
+            .values()
+            .filter(|p| !p.scanning)
+            .filter_map(|p| p.hold_until)
+            .min()
     }
 
-    pub(super) fn on_scan(&mut self, s: ScanDone) {
-        if s.epoch != self.epoch {
-            return;
-        }
-        match s.result {
-            Ok(found) => {
-                let count = found.len();
-                for r in found {
-                    let per_key = self
-                        .p
-                        .registry
-                        .get(&r.meta.webhook)
-                        .is_none_or(|e| e.settings().is_ok_and(|s| s.per_key));
-                    if per_key {
-                        self.lanes.add_pending(
-                            r.partition,
-                            (Arc::from(r.meta.webhook.as_str()), r.key),
-                            r.meta.seq,
-                            r.meta.due_ms,
-                        );
-                    }
-                }
-                info!(pending = count, "retry topics scanned; consuming");
+    /// Forgets a revoked partition.
+    pub fn revoke(&mut self, tp: &Tp) {
+        self.map.remove(tp);
+    }
+
+    /// Starts a new assignment epoch with `tps` (paused and being scanned); returns the epoch
+    /// and the retry partitions to scan. Records of a revoked partition are never handed over
+    /// after the revocation (librdkafka drops them), so what is held for an assigned partition
+    /// arrived for this assignment and is kept.
+    pub fn assign(&mut self, tps: &[Tp], tiers: &Tiers) -> (u64, Vec<Tp>) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let mut retry_tps = Vec::new();
+        for tp in tps {
+            let tier = tiers.index_of(&tp.0);
+            if tier.is_some() {
+                retry_tps.push(tp.clone());
             }
-            Err(e) => {
-                warn!(error = %e, "cannot scan the retry topics; per-key order of retries pending from before is best effort")
-            }
+            let held = self.map.remove(tp).map(|p| p.held).unwrap_or_default();
+            self.map
+                .insert(tp.clone(), PartState::new(epoch, tier, held, true));
         }
-        for part in self.parts.values_mut().filter(|p| p.epoch == s.epoch) {
+        (epoch, retry_tps)
+    }
+
+    /// The scan of `epoch` is over: its partitions may go.
+    pub fn scanned(&mut self, epoch: u64) {
+        for part in self.map.values_mut().filter(|p| p.epoch == epoch) {
             part.scanning = false;
         }
-        self.drain_all();
     }
 
-    pub(super) fn sync_pause(&mut self, tp: &Tp) {
-        let Some(part) = self.parts.get_mut(tp) else {
-            return;
-        };
-        // An events partition reads a little ahead under back-pressure, so
-        // that records are at hand the moment memory has room again: pausing
-        // drops what librdkafka had fetched, and fetching it again cost more
-        // than the deliveries (BENCHMARKS.md). Retry tiers, whose heads may
-        // wait for an hour, and partitions being scanned pause at once.
-        let want = self.stopping
+    /// Whether `tp` should now be paused (`Some(true)`) or resumed (`Some(false)`); `None`
+    /// when it already is as it should be. Everything pauses when `stopping`.
+    ///
+    /// An events partition reads a little ahead under back-pressure, so that records are at
+    /// hand the moment memory has room again: pausing drops what librdkafka had fetched, and
+    /// fetching it again cost more than the deliveries (BENCHMARKS.md). Retry tiers, whose heads
+    /// may wait for an hour, and partitions being scanned pause at once.
+    pub fn pause_change(&self, tp: &Tp, stopping: bool) -> Option<bool> {
+        let part = self.map.get(tp)?;
+        let want = stopping
             || part.scanning
             || match part.tier {
                 Some(_) => !part.held.is_empty(),
                 None => part.held.len() >= READ_AHEAD || part.held_bytes >= READ_AHEAD_BYTES,
             };
-        if want == part.paused {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&tp.0, tp.1);
-        let result = if want {
-            self.p.consumer.pause(&tpl)
-        } else {
-            self.p.consumer.resume(&tpl)
-        };
-        match result {
-            Ok(()) => part.paused = want,
-            Err(e) => debug!(error = %e, topic = %tp.0, partition = tp.1, "pause/resume"),
+        (want != part.paused).then_some(want)
+    }
+
+    /// Notes that `tp` was paused or resumed.
+    pub fn set_paused(&mut self, tp: &Tp, paused: bool) {
+        if let Some(part) = self.map.get_mut(tp) {
+            part.paused = paused;
         }
     }
 
-    pub(super) fn check_backpressure(&mut self) {
-        let total = self.total.load(Ordering::Relaxed);
-        let was = self.backpressure;
-        if total > self.p.max_pending {
-            self.backpressure = true;
-        } else if total <= self.p.max_pending * 8 / 10 {
-            self.backpressure = false;
-        }
-        if was != self.backpressure {
-            // Debug: while a backlog drains this flips several times a second.
-            debug!(
-                in_memory = total,
-                paused = self.backpressure,
-                "back-pressure"
-            );
-            let metrics = &self.p.shared.metrics;
-            metrics.backpressure.set(i64::from(self.backpressure));
-            if self.backpressure {
-                metrics.backpressure_engaged.inc();
-            }
-            let tps: Vec<Tp> = self.parts.keys().cloned().collect();
-            for tp in tps {
-                self.sync_pause(&tp);
-            }
+    /// Notes that the record at `source` fanned out to `jobs` jobs (settled at once when 0).
+    pub fn track(&mut self, source: &Source, jobs: usize) {
+        let tp = (source.topic.to_string(), source.partition);
+        if let Some(part) = self.map.get_mut(&tp)
+            && let Err(e) = part.tracker.track(source.offset, jobs)
+        {
+            warn!(error = %e, topic = %tp.0, partition = tp.1, "offset bookkeeping");
         }
     }
 
-    pub(super) fn commit(&mut self, mode: CommitMode) {
-        let mut tpl = TopicPartitionList::new();
+    /// One job of the record at `source` is settled; ignored when the partition was revoked or
+    /// reassigned since it was read.
+    pub fn settle(&mut self, source: &Source) {
+        let tp = (source.topic.to_string(), source.partition);
+        if let Some(part) = self.map.get_mut(&tp).filter(|p| p.epoch == source.epoch)
+            && let Err(e) = part.tracker.settle(source.offset)
         {
-            let mut committable = self.p.committable.lock().expect("committable lock");
-            for (tp, part) in &mut self.parts {
-                if let Some(position) = part.tracker.take_commit() {
-                    let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(position));
-                    committable.insert(tp.clone(), position);
-                }
-            }
+            warn!(error = %e, topic = %tp.0, partition = tp.1, "offset bookkeeping");
         }
-        if tpl.count() > 0
-            && let Err(e) = self.p.consumer.commit(&tpl, mode)
-        {
-            warn!(error = %e, "commit failed; retried with the next one");
-        }
+    }
+
+    /// The positions that became committable since the last call.
+    pub fn take_commits(&mut self) -> Vec<(Tp, i64)> {
+        self.map
+            .iter_mut()
+            .filter_map(|(tp, part)| part.tracker.take_commit().map(|pos| (tp.clone(), pos)))
+            .collect()
     }
 }

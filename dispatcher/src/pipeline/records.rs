@@ -3,21 +3,25 @@
 //! the reason, when it cannot be parsed); a retry record is re-parked in
 //! another tier when its due time is further off, dropped when its `Webhook`
 //! is gone, or turned into a job for its one endpoint. Every record is
-//! tracked in its partition's [`OffsetTracker`](crate::ordering::OffsetTracker)
-//! with the number of jobs it fanned out to.
+//! tracked in its partition's [`OffsetTracker`](hookline_core::ordering::OffsetTracker)
+//! with the number of jobs it fanned out to. Each function answers with the record's [`Fate`];
+//! the pipeline tracks and routes it.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
+use hookline_core::envelope::{self, Event, Limits};
+use hookline_core::retry_topics::{DeadLetter, RetryMeta, Step};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use tracing::{debug, info};
 
-use super::Pipeline;
-use crate::envelope::{self, Event};
-use crate::retry_topics::{DeadLetter, RetryMeta, Step};
-use crate::webhooks::Endpoint;
-use crate::worker::{self, Held, Job, Out, Source, now_ms};
+use crate::delivery::attempt::Shared;
+use crate::delivery::job::{Held, Job, Source, now_ms};
+use crate::kafka::writer::Out;
+use crate::tenant::endpoints::{Endpoint, Registry};
 
-pub(super) fn header_pairs(msg: &OwnedMessage) -> Vec<(&str, &[u8])> {
+/// A record's headers as (name, value) pairs.
+pub fn header_pairs(msg: &OwnedMessage) -> Vec<(&str, &[u8])> {
     msg.headers()
         .map(|hs| {
             hs.iter()
@@ -27,10 +31,7 @@ pub(super) fn header_pairs(msg: &OwnedMessage) -> Vec<(&str, &[u8])> {
         .unwrap_or_default()
 }
 
-pub(super) fn record<'a>(
-    msg: &'a OwnedMessage,
-    headers: &'a [(&'a str, &'a [u8])],
-) -> envelope::Record<'a> {
+fn record<'a>(msg: &'a OwnedMessage, headers: &'a [(&'a str, &'a [u8])]) -> envelope::Record<'a> {
     envelope::Record {
         key: msg.key(),
         value: msg.payload(),
@@ -42,174 +43,220 @@ pub(super) fn record<'a>(
     }
 }
 
-impl Pipeline {
-    pub(super) fn on_event(&mut self, msg: &OwnedMessage, source: Source) {
-        let headers = header_pairs(msg);
-        let event = match envelope::parse(&record(msg, &headers), &self.p.limits) {
-            Ok(event) => Arc::new(event),
-            Err(e) => {
-                self.p.shared.metrics.record("malformed");
-                info!(topic = %source.topic, partition = source.partition, offset = source.offset, reason = e.reason(), "malformed record dead-lettered");
-                return self.bury_raw(msg, &headers, source, e.reason(), &e.to_string(), None);
-            }
-        };
-        self.p.shared.metrics.record("event");
-        let targets: Vec<Arc<Endpoint>> = self
-            .p
-            .registry
-            .snapshot()
-            .into_iter()
-            .filter(|e| {
-                !e.is_disabled()
-                    && e.settings()
-                        .is_ok_and(|s| s.matcher.matches(&event.event_type))
-            })
-            .collect();
-        self.track(&source, targets.len());
-        debug!(event_id = %event.id, event_type = %event.event_type, webhooks = targets.len(), "event");
-        let payload = event.payload();
-        for endpoint in targets {
-            let job = self.job(
+/// What a record becomes.
+pub enum Fate {
+    /// Jobs to route, one per matching endpoint (none: the record is settled at once).
+    Jobs {
+        /// The jobs.
+        jobs: Vec<Job>,
+        /// Whether they come from a retry topic.
+        from_retry: bool,
+    },
+    /// A record to write as it is (a re-park in another tier, or a dead letter), settled once
+    /// written.
+    Forward(Out),
+}
+
+/// What turning records into jobs reads.
+pub struct Context<'a> {
+    /// The endpoints.
+    pub registry: &'a Registry,
+    /// Record size bound.
+    pub limits: &'a Limits,
+    /// Metrics and the writer's topics and tiers.
+    pub shared: &'a Shared,
+    /// Jobs in memory, counted by each job's [`Held`].
+    pub total: &'a Arc<AtomicUsize>,
+}
+
+/// An events record: parsed and fanned out to the endpoints whose patterns match its type, or
+/// dead-lettered as it was, with the reason, when it cannot be parsed.
+pub fn from_event(msg: &OwnedMessage, source: &Source, cx: &Context<'_>) -> Fate {
+    let headers = header_pairs(msg);
+    let event = match envelope::parse(&record(msg, &headers), cx.limits) {
+        Ok(event) => Arc::new(event),
+        Err(e) => {
+            cx.shared.metrics.record("malformed");
+            info!(topic = %source.topic, partition = source.partition, offset = source.offset, reason = e.reason(), "malformed record dead-lettered");
+            return bury_raw(msg, &headers, source, e.reason(), &e.to_string(), None, cx);
+        }
+    };
+    cx.shared.metrics.record("event");
+    let targets: Vec<Arc<Endpoint>> = cx
+        .registry
+        .snapshot()
+        .into_iter()
+        .filter(|e| {
+            !e.is_disabled()
+                && e.settings()
+                    .is_ok_and(|s| s.matcher.matches(&event.event_type))
+        })
+        .collect();
+    debug!(event_id = %event.id, event_type = %event.event_type, webhooks = targets.len(), "event");
+    let payload = event.payload();
+    let jobs = targets
+        .into_iter()
+        .map(|endpoint| {
+            job(
                 endpoint,
                 event.clone(),
                 payload.clone(),
                 0,
                 source.clone(),
                 source.offset,
+                cx,
+            )
+        })
+        .collect();
+    Fate::Jobs {
+        jobs,
+        from_retry: false,
+    }
+}
+
+fn job(
+    endpoint: Arc<Endpoint>,
+    event: Arc<Event>,
+    payload: bytes::Bytes,
+    attempts: u32,
+    source: Source,
+    seq: i64,
+    cx: &Context<'_>,
+) -> Job {
+    let per_key = endpoint.settings().is_ok_and(|s| s.per_key);
+    let lane = event
+        .key
+        .clone()
+        .filter(|_| per_key)
+        .map(|k| (endpoint.name.clone(), k));
+    Job {
+        held: Held::new(endpoint.clone(), cx.total.clone()),
+        endpoint,
+        event,
+        payload,
+        attempts,
+        source,
+        seq,
+        lane,
+    }
+}
+
+/// A retry record whose tier let it through with `step`: re-parked in another tier when its
+/// due time is further off, dropped when its `Webhook` is gone, or a job for its one endpoint.
+pub fn from_retry(
+    msg: &OwnedMessage,
+    source: &Source,
+    tier: usize,
+    step: Step,
+    cx: &Context<'_>,
+) -> Fate {
+    let headers = header_pairs(msg);
+    let meta = match RetryMeta::from_headers(&headers) {
+        Ok(m) => m,
+        Err(e) => {
+            return bury_raw(
+                msg,
+                &headers,
+                source,
+                "invalid_retry_record",
+                &e.to_string(),
+                None,
+                cx,
             );
-            self.route(job, false);
         }
-    }
-
-    pub(super) fn job(
-        &self,
-        endpoint: Arc<Endpoint>,
-        event: Arc<Event>,
-        payload: bytes::Bytes,
-        attempts: u32,
-        source: Source,
-        seq: i64,
-    ) -> Job {
-        let per_key = endpoint.settings().is_ok_and(|s| s.per_key);
-        let lane = event
-            .key
-            .clone()
-            .filter(|_| per_key)
-            .map(|k| (endpoint.name.clone(), k));
-        Job {
-            held: Held::new(endpoint.clone(), self.total.clone()),
-            endpoint,
-            event,
-            payload,
-            attempts,
-            source,
-            seq,
-            lane,
-        }
-    }
-
-    pub(super) fn on_retry(&mut self, msg: &OwnedMessage, source: Source, tier: usize, step: Step) {
-        let headers = header_pairs(msg);
-        let meta = match RetryMeta::from_headers(&headers) {
-            Ok(m) => m,
-            Err(e) => {
-                return self.bury_raw(
-                    msg,
-                    &headers,
-                    source,
-                    "invalid_retry_record",
-                    &e.to_string(),
-                    None,
-                );
-            }
-        };
-        if let Step::Repark(to) = step {
-            self.p.shared.metrics.record("repark");
-            let out = Out {
-                topic: self.p.shared.tiers.topic(to).to_owned(),
-                partition: Some(source.partition),
-                key: msg.key().map(<[u8]>::to_vec),
-                value: bytes::Bytes::copy_from_slice(msg.payload().unwrap_or_default()),
-                headers: headers
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
-                    .collect(),
-                timestamp: Some(now_ms()),
-            };
-            self.track(&source, 1);
-            self.tasks
-                .spawn(worker::forward(out, source, self.p.shared.clone()));
-            return;
-        }
-        debug!(tier, webhook = %meta.webhook, seq = meta.seq, "retry due");
-        let Some(endpoint) = self.p.registry.get(&meta.webhook) else {
-            self.p.shared.metrics.record("orphaned");
-            info!(webhook = %meta.webhook, "retry for a Webhook that no longer exists dropped");
-            self.track(&source, 0);
-            return;
-        };
-        let event = match envelope::parse(&record(msg, &headers), &self.p.limits) {
-            Ok(event) => Arc::new(event),
-            Err(e) => {
-                return self.bury_raw(
-                    msg,
-                    &headers,
-                    source,
-                    e.reason(),
-                    &e.to_string(),
-                    Some(meta.webhook),
-                );
-            }
-        };
-        self.p.shared.metrics.record("retry");
-        self.track(&source, 1);
-        let payload = event.payload();
-        let job = self.job(endpoint, event, payload, meta.attempts, source, meta.seq);
-        self.route(job, true);
-    }
-
-    pub(super) fn bury_raw(
-        &mut self,
-        msg: &OwnedMessage,
-        headers: &[(&str, &[u8])],
-        source: Source,
-        reason: &str,
-        error: &str,
-        webhook: Option<String>,
-    ) {
-        self.p
-            .shared
-            .metrics
-            .dead_letter(webhook.as_deref().unwrap_or(""), reason);
-        let dl = DeadLetter {
-            reason: reason.to_owned(),
-            error: error.to_owned(),
-            topic: source.topic.to_string(),
-            partition: source.partition,
-            offset: source.offset,
-            webhook,
-            attempts: None,
-            status: None,
-        };
-        let mut hs: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
-            .collect();
-        hs.extend(
-            dl.headers(jiff::Timestamp::now())
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.into_bytes())),
-        );
-        let out = Out {
-            topic: self.p.shared.dead_letter_topic.clone(),
-            partition: None,
+    };
+    if let Step::Repark(to) = step {
+        cx.shared.metrics.record("repark");
+        return Fate::Forward(Out {
+            topic: cx.shared.writer.tiers.topic(to).to_owned(),
+            partition: Some(source.partition),
             key: msg.key().map(<[u8]>::to_vec),
             value: bytes::Bytes::copy_from_slice(msg.payload().unwrap_or_default()),
-            headers: hs,
-            timestamp: None,
-        };
-        self.track(&source, 1);
-        self.tasks
-            .spawn(worker::forward(out, source, self.p.shared.clone()));
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+                .collect(),
+            timestamp: Some(now_ms()),
+        });
     }
+    debug!(tier, webhook = %meta.webhook, seq = meta.seq, "retry due");
+    let Some(endpoint) = cx.registry.get(&meta.webhook) else {
+        cx.shared.metrics.record("orphaned");
+        info!(webhook = %meta.webhook, "retry for a Webhook that no longer exists dropped");
+        return Fate::Jobs {
+            jobs: Vec::new(),
+            from_retry: true,
+        };
+    };
+    let event = match envelope::parse(&record(msg, &headers), cx.limits) {
+        Ok(event) => Arc::new(event),
+        Err(e) => {
+            return bury_raw(
+                msg,
+                &headers,
+                source,
+                e.reason(),
+                &e.to_string(),
+                Some(meta.webhook),
+                cx,
+            );
+        }
+    };
+    cx.shared.metrics.record("retry");
+    let payload = event.payload();
+    let job = job(
+        endpoint,
+        event,
+        payload,
+        meta.attempts,
+        source.clone(),
+        meta.seq,
+        cx,
+    );
+    Fate::Jobs {
+        jobs: vec![job],
+        from_retry: true,
+    }
+}
+
+/// The dead letter of a record that cannot be handled, with its own headers and the reason.
+fn bury_raw(
+    msg: &OwnedMessage,
+    headers: &[(&str, &[u8])],
+    source: &Source,
+    reason: &str,
+    error: &str,
+    webhook: Option<String>,
+    cx: &Context<'_>,
+) -> Fate {
+    cx.shared
+        .metrics
+        .dead_letter(webhook.as_deref().unwrap_or(""), reason);
+    let dl = DeadLetter {
+        reason: reason.to_owned(),
+        error: error.to_owned(),
+        topic: source.topic.to_string(),
+        partition: source.partition,
+        offset: source.offset,
+        webhook,
+        attempts: None,
+        status: None,
+    };
+    let mut hs: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+        .collect();
+    hs.extend(
+        dl.headers(jiff::Timestamp::now())
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into_bytes())),
+    );
+    Fate::Forward(Out {
+        topic: cx.shared.writer.dead_letter_topic.clone(),
+        partition: None,
+        key: msg.key().map(<[u8]>::to_vec),
+        value: bytes::Bytes::copy_from_slice(msg.payload().unwrap_or_default()),
+        headers: hs,
+        timestamp: None,
+    })
 }

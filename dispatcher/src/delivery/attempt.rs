@@ -1,0 +1,252 @@
+//! One delivery attempt, from a [`Job`] to a settled result: [`deliver`] waits for the
+//! endpoint's in-flight slot, asks [`Endpoint::hold`] whether it takes deliveries now (the
+//! same decision the pipeline made when it queued the job), takes a rate-limit token and the
+//! circuit breaker's leave, makes the attempt with the [`Deliverer`], decides with the retry
+//! policy, and makes the result durable — a retry record or a dead letter acknowledged by Kafka
+//! (through the [`Writer`]) — before it reports a [`Completion`] back. [`postpone`] writes a job
+//! to the retry path without an attempt; [`forward`] re-parks or dead-letters a raw record.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hookline_core::retry::{Decision, GONE, Verdict, classify};
+use hookline_core::retry_topics::{AttemptRecord, DeadLetter, RetryMeta};
+use hookline_core::status::Hold;
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::delivery::client::{Deliverer, Request};
+use crate::delivery::job::{Completion, Done, Job, Source, ms, now_ms};
+use crate::kafka::writer::{Out, Writer};
+use crate::ops::metrics::Metrics;
+#[cfg(doc)]
+use crate::tenant::endpoints::Endpoint;
+
+/// How long a delivery waits when its endpoint's memory share is full.
+pub const OVERFLOW_POSTPONE: Duration = Duration::from_secs(10);
+/// How long a delivery waits for an open circuit without a known end.
+pub const CIRCUIT_POSTPONE: Duration = Duration::from_secs(5);
+
+/// What every task needs.
+pub struct Shared {
+    /// Writes retry, dead-letter and attempt records.
+    pub writer: Writer,
+    /// Makes attempts.
+    pub deliverer: Deliverer,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Where completions go.
+    pub completions: mpsc::UnboundedSender<Completion>,
+    /// Cancelled on shutdown: no new attempts start.
+    pub stop: CancellationToken,
+}
+
+impl Shared {
+    /// Writes `job` to the retry path, due at `due_ms`, after `attempts` attempts.
+    pub async fn schedule(&self, job: &Job, attempts: u32, due_ms: i64) {
+        let meta = RetryMeta {
+            webhook: job.endpoint.name.to_string(),
+            attempts,
+            due_ms,
+            seq: job.seq,
+        };
+        let out = self
+            .writer
+            .retry_record(&meta, job.source.partition, &job.event, now_ms());
+        self.writer.write(out).await;
+        self.metrics
+            .retry(&job.endpoint.name, attempts > job.attempts);
+    }
+
+    /// Writes `job` to the dead-letter topic.
+    pub async fn bury(
+        &self,
+        job: &Job,
+        reason: &str,
+        error: &str,
+        attempts: u32,
+        status: Option<u16>,
+    ) {
+        let dl = DeadLetter {
+            reason: reason.to_owned(),
+            error: error.to_owned(),
+            topic: self.writer.events_topic.clone(),
+            partition: job.source.partition,
+            offset: job.seq,
+            webhook: Some(job.endpoint.name.to_string()),
+            attempts: Some(attempts),
+            status,
+        };
+        let out = self.writer.dead_letter_record(&dl, &job.event);
+        self.writer.write(out).await;
+        self.metrics.dead_letter(&job.endpoint.name, reason);
+        job.endpoint.stats(|s| s.dead_letter());
+        info!(event_id = %job.event.id, webhook = %job.endpoint.name, reason, "dead-lettered");
+    }
+
+    fn complete(&self, job: &Job, done: Done) {
+        let _ = self.completions.send(Completion {
+            source: job.source.clone(),
+            lane: job.lane.clone().map(|l| (l, job.seq)),
+            done,
+        });
+    }
+}
+
+/// Writes `job` to the retry path due at `due_ms` without an attempt, and
+/// reports [`Done::Postponed`] (the lane already counts it as pending).
+pub async fn postpone(job: Job, due_ms: i64, shared: Arc<Shared>) {
+    shared.schedule(&job, job.attempts, due_ms).await;
+    shared.complete(&job, Done::Postponed);
+}
+
+/// Writes a record as it is (re-park in another tier, or dead letter of an
+/// unparsable record) and reports [`Done::Finished`] for `source`.
+pub async fn forward(out: Out, source: Source, shared: Arc<Shared>) {
+    shared.writer.write(out).await;
+    let _ = shared.completions.send(Completion {
+        source,
+        lane: None,
+        done: Done::Finished,
+    });
+}
+
+/// Delivers `job` and reports what became of it.
+pub async fn deliver(job: Job, shared: Arc<Shared>) {
+    let done = attempt(&job, &shared).await;
+    shared.complete(&job, done);
+}
+
+async fn hold_off(job: &Job, shared: &Shared, wait: Duration) -> Done {
+    let due_ms = now_ms().saturating_add(ms(wait));
+    shared.schedule(job, job.attempts, due_ms).await;
+    Done::Rescheduled { due_ms }
+}
+
+async fn attempt(job: &Job, shared: &Shared) -> Done {
+    let endpoint = &job.endpoint;
+    let permit = tokio::select! {
+        p = endpoint.semaphore().acquire_owned() => p,
+        () = shared.stop.cancelled() => return Done::Abandoned,
+    };
+    let longest = shared.writer.tiers.delay(shared.writer.tiers.longest());
+    match endpoint.hold(longest) {
+        Hold::Deliver => {}
+        Hold::Postpone(wait) => return hold_off(job, shared, wait).await,
+        Hold::DeadLetter { reason, message } => {
+            shared.bury(job, reason, message, job.attempts, None).await;
+            return Done::Finished;
+        }
+    }
+    let Ok(settings) = endpoint.settings() else {
+        return hold_off(job, shared, longest).await;
+    };
+    loop {
+        match endpoint.take_token(Instant::now()) {
+            Ok(()) => break,
+            Err(wait) => tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shared.stop.cancelled() => return Done::Abandoned,
+            },
+        }
+    }
+    if let Err(rejected) = endpoint.circuit_acquire(Instant::now()) {
+        let wait = rejected
+            .retry_at
+            .map_or(CIRCUIT_POSTPONE, |at| {
+                at.saturating_duration_since(Instant::now())
+            })
+            .max(Duration::from_millis(100));
+        return hold_off(job, shared, wait).await;
+    }
+    if shared.stop.is_cancelled() {
+        return Done::Abandoned;
+    }
+    let started = Timestamp::now();
+    let number = job.attempts + 1;
+    let keys = endpoint.keys_at(started);
+    let result = shared
+        .deliverer
+        .send(Request {
+            url: &settings.url,
+            headers: &settings.headers,
+            event_id: &job.event.id,
+            payload: &job.payload,
+            keys: &keys,
+            attempt: number,
+            timeout: settings.timeout,
+        })
+        .await;
+    drop(permit);
+    let healthy = match classify(&result.outcome) {
+        Verdict::Delivered | Verdict::Gone => true,
+        Verdict::Retryable(f) | Verdict::Permanent(f) => !f.counts_against_circuit(),
+    };
+    endpoint.attempt_finished(Instant::now(), healthy);
+    let decision = settings
+        .policy
+        .decide(number, &result.outcome, &mut rand::rng());
+    let status = result.status();
+    let reason = match decision {
+        Decision::Delivered => None,
+        Decision::Retry { failure, .. } | Decision::DeadLetter { failure, .. } => {
+            Some(failure.reason())
+        }
+        Decision::Gone => Some("http_410"),
+    };
+    shared.metrics.attempt(
+        &endpoint.name,
+        decision.as_str(),
+        status,
+        result.latency.as_secs_f64(),
+    );
+    shared.writer.record_attempt(&AttemptRecord {
+        event_id: job.event.id.clone(),
+        event_type: job.event.event_type.clone(),
+        webhook: endpoint.name.to_string(),
+        attempt: number,
+        status,
+        latency_ms: u64::try_from(result.latency.as_millis()).unwrap_or(u64::MAX),
+        outcome: decision.as_str().to_owned(),
+        reason: reason.map(str::to_owned),
+        time: started.to_string(),
+    });
+    endpoint.stats(|stats| match reason {
+        None => stats.success(Timestamp::now()),
+        Some(r) => stats.failure(Timestamp::now(), r, &result.message, status),
+    });
+    let latency_ms = u64::try_from(result.latency.as_millis()).unwrap_or(u64::MAX);
+    match reason {
+        Some(reason) => {
+            info!(event_id = %job.event.id, webhook = %endpoint.name, attempt = number, outcome = decision.as_str(), reason, status, latency_ms, error = %result.message, "attempt failed")
+        }
+        None => {
+            debug!(event_id = %job.event.id, webhook = %endpoint.name, attempt = number, latency_ms, "delivered")
+        }
+    }
+    match decision {
+        Decision::Delivered => Done::Finished,
+        Decision::Retry { after, .. } => {
+            let due_ms = now_ms().saturating_add(ms(after));
+            shared.schedule(job, number, due_ms).await;
+            Done::Rescheduled { due_ms }
+        }
+        Decision::DeadLetter { reason, .. } => {
+            shared
+                .bury(job, reason, &result.message, number, status)
+                .await;
+            Done::Finished
+        }
+        Decision::Gone => {
+            if endpoint.disable(Timestamp::now()) {
+                warn!(webhook = %endpoint.name, "receiver answered 410 Gone: Webhook disabled");
+            }
+            shared
+                .bury(job, GONE, &result.message, number, status)
+                .await;
+            Done::Finished
+        }
+    }
+}

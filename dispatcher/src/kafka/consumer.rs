@@ -1,0 +1,308 @@
+//! The Kafka consumer's edge: one consumer in one group reads the events
+//! topic and every retry tier. Rebalances flow out of its [`Context`] as
+//! [`Rebalanced`] messages to the pipeline (newly assigned partitions are
+//! paused on the spot, until the pipeline has rebuilt their lanes); consumer
+//! lag flows into the metrics from librdkafka's statistics; and
+//! [`scan`] reads the retry partitions of a new assignment from the group's
+//! committed offsets to their ends, to find the retries still pending.
+//!
+//! One group with the `range` assignor gives partition *i* of every topic
+//! (which all have the same partition count, as the controller creates them)
+//! to the same replica, and retries are written to the partition index of the
+//! event's own partition: a key's events and its retries are therefore always
+//! in one replica's hands, where its lane lives.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::ops::metrics::Metrics;
+use hookline_core::retry_topics::RetryMeta;
+
+/// A topic and partition.
+pub type Tp = (String, i32);
+
+/// A rebalance, as the pipeline learns of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebalanced {
+    /// These partitions are ours now (and paused).
+    Assigned(Vec<Tp>),
+    /// These partitions are no longer ours.
+    Revoked(Vec<Tp>),
+}
+
+/// Positions safe to commit, kept current by the pipeline so that a
+/// revocation can commit them before the partitions go.
+pub type Committable = Arc<Mutex<HashMap<Tp, i64>>>;
+
+/// The consumer's callbacks.
+pub struct Context {
+    events_topic: String,
+    rebalances: mpsc::UnboundedSender<Rebalanced>,
+    committable: Committable,
+    metrics: Metrics,
+}
+
+/// The consumer of the pipeline.
+pub type KafkaConsumer = StreamConsumer<Context>;
+
+fn list(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.events_topic) {
+            let lag = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            self.metrics.set_lag(lag);
+        }
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                warn!(facility = fac, "librdkafka: {log_message}");
+            }
+            _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let revoked = list(tpl);
+            let mut commit = TopicPartitionList::new();
+            {
+                let positions = self.committable.lock().expect("committable lock");
+                for tp in &revoked {
+                    if let Some(offset) = positions.get(tp) {
+                        let _ = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(*offset));
+                    }
+                }
+            }
+            if commit.count() > 0
+                && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
+            {
+                warn!(error = %e, "commit before revocation failed; those records will be delivered again");
+            }
+            info!(partitions = revoked.len(), "partitions revoked");
+            let _ = self.rebalances.send(Rebalanced::Revoked(revoked));
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                if let Err(e) = consumer.pause(tpl) {
+                    warn!(error = %e, "cannot pause newly assigned partitions");
+                }
+                info!(partitions = tpl.count(), "partitions assigned");
+                let _ = self.rebalances.send(Rebalanced::Assigned(list(tpl)));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// Waits until every topic of `topics` exists (the controller creates them
+/// right after the dispatcher's Deployment; subscribing earlier would leave
+/// the group without partitions until the next metadata refresh). Blocking.
+///
+/// # Errors
+/// When the client cannot be created.
+pub fn wait_for_topics(
+    config: &ClientConfig,
+    topics: &[&str],
+    stop: &dyn Fn() -> bool,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let probe: BaseConsumer = config.create()?;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let missing: Vec<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| {
+                probe
+                    .fetch_metadata(Some(t), Duration::from_secs(10))
+                    .map_or(true, |m| {
+                        m.topics()
+                            .iter()
+                            .all(|mt| mt.error().is_some() || mt.partitions().is_empty())
+                    })
+            })
+            .collect();
+        if missing.is_empty() || stop() {
+            return Ok(());
+        }
+        info!(missing = ?missing, "waiting for the tenant's topics");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Creates the consumer and subscribes it to `topics`.
+///
+/// # Errors
+/// When the client cannot be created or subscribed.
+pub fn subscribe(
+    config: &ClientConfig,
+    events_topic: &str,
+    topics: &[&str],
+    metrics: Metrics,
+) -> Result<
+    (
+        Arc<KafkaConsumer>,
+        mpsc::UnboundedReceiver<Rebalanced>,
+        Committable,
+    ),
+    rdkafka::error::KafkaError,
+> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let committable = Committable::default();
+    let context = Context {
+        events_topic: events_topic.to_owned(),
+        rebalances: tx,
+        committable: committable.clone(),
+        metrics,
+    };
+    let consumer: KafkaConsumer = config.create_with_context(context)?;
+    consumer.subscribe(topics)?;
+    Ok((Arc::new(consumer), rx, committable))
+}
+
+/// A retry found pending by [`scan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRetry {
+    /// Its partition (that of its events-topic partition).
+    pub partition: i32,
+    /// Its key.
+    pub key: String,
+    /// Its headers.
+    pub meta: RetryMeta,
+}
+
+/// Reads `partitions` (retry tiers) from the group's committed offsets to
+/// their current ends and returns the retries found, for the lanes. Blocking:
+/// run it on a blocking thread. Gives up after `deadline` with what it found.
+/// Transient failures (a topic whose leader is still being elected) are
+/// retried a few times.
+///
+/// # Errors
+/// When the committed offsets or watermarks cannot be read.
+pub fn scan(
+    config: &ClientConfig,
+    main: &KafkaConsumer,
+    partitions: &[Tp],
+    deadline: Duration,
+) -> Result<Vec<PendingRetry>, rdkafka::error::KafkaError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match scan_once(config, main, partitions, deadline) {
+            Err(e) if tries < 10 => {
+                tracing::debug!(error = %e, "scanning the retry topics; trying again");
+                std::thread::sleep(Duration::from_millis(500 * tries));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn scan_once(
+    config: &ClientConfig,
+    main: &KafkaConsumer,
+    partitions: &[Tp],
+    deadline: Duration,
+) -> Result<Vec<PendingRetry>, rdkafka::error::KafkaError> {
+    if partitions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in partitions {
+        tpl.add_partition(t, *p);
+    }
+    let committed = main.committed_offsets(tpl, Duration::from_secs(15))?;
+    let scanner: BaseConsumer = config.create()?;
+    let mut assign = TopicPartitionList::new();
+    let mut ends: HashMap<Tp, i64> = HashMap::new();
+    for e in committed.elements() {
+        let (low, high) =
+            scanner.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(15))?;
+        let start = match e.offset() {
+            Offset::Offset(o) if o >= low => o,
+            _ => low,
+        };
+        if start < high {
+            assign.add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))?;
+            ends.insert((e.topic().to_owned(), e.partition()), high);
+        }
+    }
+    let mut found = Vec::new();
+    if ends.is_empty() {
+        return Ok(found);
+    }
+    scanner.assign(&assign)?;
+    let until = Instant::now() + deadline;
+    while !ends.is_empty() && Instant::now() < until {
+        let Some(result) = scanner.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = match result {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "scanning the retry topics");
+                continue;
+            }
+        };
+        let tp = (msg.topic().to_owned(), msg.partition());
+        if ends.get(&tp).is_some_and(|end| msg.offset() + 1 >= *end) {
+            ends.remove(&tp);
+        }
+        let headers: Vec<(&str, &[u8])> = msg
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key, h.value.unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let (Ok(meta), Some(key)) = (RetryMeta::from_headers(&headers), msg.key()) {
+            found.push(PendingRetry {
+                partition: msg.partition(),
+                key: String::from_utf8_lossy(key).into_owned(),
+                meta,
+            });
+        }
+    }
+    if !ends.is_empty() {
+        warn!(
+            partitions = ends.len(),
+            "scan of the retry topics incomplete; per-key order of those retries is best effort"
+        );
+    }
+    Ok(found)
+}

@@ -1,0 +1,68 @@
+//! The dispatcher's settings: its flags are [`hookline_core::args::DispatcherArgs`], the type
+//! the controller writes them with; this module turns them, with the `HOOKLINE_KAFKA_*`
+//! settings of the process environment, into the Kafka client configurations of the consumer,
+//! the producer and the start-up scanner ([`hookline_core::kafka`] decides their contents).
+
+use hookline_core::args::DispatcherArgs;
+use hookline_core::kafka::{self, Settings};
+use rdkafka::ClientConfig;
+
+/// The dispatcher's flags.
+pub type Config = DispatcherArgs;
+
+fn client_config(settings: Settings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in settings {
+        config.set(k, v);
+    }
+    config
+}
+
+fn base(config: &Config) -> Settings {
+    kafka::base(&config.kafka_bootstrap, std::env::vars())
+}
+
+/// The consumer of the events and retry topics ([`kafka::consumer`]).
+pub fn consumer_config(config: &Config) -> ClientConfig {
+    client_config(kafka::consumer(&base(config), &config.consumer_group))
+}
+
+/// The producer of retry, dead-letter and attempt records ([`kafka::producer`]).
+pub fn producer_config(config: &Config) -> ClientConfig {
+    client_config(kafka::producer(&base(config)))
+}
+
+/// The group-less reader of the retry topics ([`kafka::scanner`]).
+pub fn scanner_config(config: &Config) -> ClientConfig {
+    client_config(kafka::scanner(&base(config), &config.consumer_group))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_client_configs_carry_the_settings_delivery_depends_on() {
+        let c = Config::try_parse_from([
+            "hookline-dispatcher",
+            "--tenant-namespace=acme",
+            "--kafka-bootstrap=k:9092",
+            "--events-topic=hookline.acme.events",
+            "--dead-letter-topic=hookline.acme.dlq",
+            "--attempts-topic=hookline.acme.attempts",
+            "--consumer-group=hookline-dispatcher.acme",
+            "--retry-topic=1s=hookline.acme.retry.1s",
+        ])
+        .unwrap();
+        let consumer = consumer_config(&c);
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("group.id"), Some("hookline-dispatcher.acme"));
+        assert_eq!(consumer.get("bootstrap.servers"), Some("k:9092"));
+        assert_eq!(producer_config(&c).get("acks"), Some("all"));
+        assert_eq!(
+            scanner_config(&c).get("group.id"),
+            Some("hookline-dispatcher.acme.scan")
+        );
+    }
+}

@@ -1,0 +1,522 @@
+//! The heart of the dispatcher: one loop that owns all mutable delivery state
+//! and never waits on a delivery. Records flow in from the consumer; an
+//! events record is parsed ([`hookline_core::envelope`]), matched to endpoints and
+//! fanned out into one [`Job`] per endpoint, a retry record is held until its
+//! tier makes it actionable, re-parked if its due time is further off, or
+//! turned into a job for its one endpoint. Jobs pass the endpoint's state and
+//! their [`Lanes`] and are spawned as [`attempt`] tasks; their [`Completion`]s
+//! flow back to settle offsets ([`hookline_core::ordering::OffsetTracker`]) and move lanes on, and a
+//! tick commits what is settled. [`partitions`] holds what the consumer hands over per
+//! partition, [`records`] turns records into jobs, [`pressure`] decides back-pressure.
+//!
+//! # Guarantees
+//! - At least once: an offset is committed only when every job it fanned out
+//!   to was delivered, durably scheduled for retry, or dead-lettered, and a
+//!   malformed record only once its dead letter is acknowledged.
+//! - Isolation: nothing waits in the loop; each job waits in its own task for
+//!   its endpoint's slot, token and circuit. Once jobs in memory pass half of
+//!   `--max-pending`, a job for a `Webhook` holding more than its fair share
+//!   ([`Pressure::overflows`]) and draining too slowly to clear it within the
+//!   postponement ([`hookline_core::drain`]) is postponed through the retry path instead of queueing,
+//!   so one slow URL cannot fill the memory the others need; the consumer
+//!   pauses as soon as all jobs together exceed `--max-pending` and resumes
+//!   as soon as they fall to 80 % of it (checked per record and per
+//!   completion, not per tick: a backlog read ahead for a whole tick would
+//!   overflow a healthy URL).
+//! - A retry partition whose head is not actionable yet is paused and
+//!   resumed by a timer, not polled.
+//!
+//! # Decisions
+//! - Paused `Webhook`s (and ones whose spec the dispatcher cannot use): their
+//!   deliveries are parked in the retry path with their attempt count
+//!   unchanged and looked at again when due, for as long as the `Webhook` has
+//!   been paused so far (at least 10 s, at most the longest tier, 1 h) —
+//!   [`hookline_core::status::hold`], asked here before a job is queued and
+//!   again by the attempt when a queued job gets its turn, so both agree. Events
+//!   that arrive while paused are kept and go out after the resume within
+//!   about as long as the pause lasted, at most an hour; parking costs one
+//!   retry-topic write per event per look, and looks grow further apart the
+//!   longer the pause.
+//! - A `Webhook` without a usable signing key yet: postponed 10 s at a time.
+//! - Disabled (410 Gone): new events are not matched to it; its retries are
+//!   dead-lettered with reason `webhook_disabled`.
+//! - A retry for a `Webhook` that no longer exists is dropped (logged, counted
+//!   as `orphaned`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::Producer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use hookline_core::envelope::Limits;
+use hookline_core::lanes::{Admit, Lanes, Place};
+use hookline_core::status::Hold;
+
+use crate::delivery::attempt::{self, OVERFLOW_POSTPONE, Shared};
+use crate::delivery::job::{Completion, Done, Job, ms, now_ms};
+use crate::kafka::consumer::{self, Committable, KafkaConsumer, Rebalanced, Tp};
+use crate::ops::health::Health;
+use crate::tenant::endpoints::Registry;
+
+pub mod partitions;
+pub mod pressure;
+pub mod records;
+
+use partitions::{Partitions, Ready, ScanDone};
+use pressure::Pressure;
+use records::{Context, Fate};
+
+/// How often settled offsets are committed.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the start-up scan of the retry topics may take.
+pub const SCAN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What the pipeline is wired to: its inputs, the tasks' shared parts and its limits.
+pub struct Wiring {
+    /// The subscribed consumer.
+    pub consumer: Arc<KafkaConsumer>,
+    /// Its rebalances.
+    pub rebalances: mpsc::UnboundedReceiver<Rebalanced>,
+    /// Positions to commit on revocation.
+    pub committable: Committable,
+    /// Configuration of the start-up scanner.
+    pub scanner: ClientConfig,
+    /// What the tasks share.
+    pub shared: Arc<Shared>,
+    /// Where the tasks report.
+    pub completions: mpsc::UnboundedReceiver<Completion>,
+    /// The endpoints.
+    pub registry: Arc<Registry>,
+    /// Health flags.
+    pub health: Arc<Health>,
+    /// Back-pressure thresholds (from `--max-pending`).
+    pub pressure: Pressure,
+    /// Record size bound.
+    pub limits: Limits,
+    /// How long deliveries may finish on shutdown.
+    pub grace: Duration,
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    wiring: Wiring,
+    lanes: Lanes<Job>,
+    partitions: Partitions,
+    total: Arc<AtomicUsize>,
+    tasks: JoinSet<()>,
+    scans: (
+        mpsc::UnboundedSender<ScanDone>,
+        mpsc::UnboundedReceiver<ScanDone>,
+    ),
+    backpressure: bool,
+    stopping: bool,
+}
+
+impl Pipeline {
+    /// A pipeline wired to `wiring`.
+    pub fn new(wiring: Wiring) -> Pipeline {
+        let max_parked = wiring.pressure.max_parked();
+        Pipeline {
+            wiring,
+            lanes: Lanes::new(max_parked),
+            partitions: Partitions::default(),
+            total: Arc::new(AtomicUsize::new(0)),
+            tasks: JoinSet::new(),
+            scans: mpsc::unbounded_channel(),
+            backpressure: false,
+            stopping: false,
+        }
+    }
+
+    /// Runs until `stop`, then shuts down: stops consuming, lets running
+    /// deliveries finish (or be scheduled) within the grace period, commits.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let consumer = self.wiring.consumer.clone();
+        let mut tick = tokio::time::interval(COMMIT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.wiring.health.beat();
+            let wake = self.next_wake();
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(c) = self.wiring.completions.recv() => self.on_completion(c),
+                Some(r) = self.wiring.rebalances.recv() => self.on_rebalance(r),
+                Some(s) = self.scans.1.recv() => self.on_scan(s),
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Err(e) = joined && e.is_panic() {
+                        warn!(error = %e, "a delivery task panicked; its record will be delivered again after a restart");
+                    }
+                }
+                msg = consumer.recv() => self.on_message(msg),
+                _ = tick.tick() => {
+                    self.commit(CommitMode::Async);
+                    self.check_backpressure();
+                    self.drain_all();
+                }
+                () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => self.drain_all(),
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// When the first held retry head becomes actionable; `None` while nothing
+    /// could be let through anyway (so the timer never spins).
+    fn next_wake(&self) -> Option<Instant> {
+        if self.backpressure || self.stopping {
+            return None;
+        }
+        let until = self.partitions.next_hold_until()?;
+        let wait = Duration::from_millis(u64::try_from(until - now_ms()).unwrap_or(0));
+        Some(Instant::now() + wait)
+    }
+
+    /// Sends a job on its way: postponed, parked in its lane, or delivered.
+    fn route(&mut self, job: Job, from_retry: bool) {
+        let now = now_ms();
+        let longest = self
+            .wiring
+            .shared
+            .writer
+            .tiers
+            .delay(self.wiring.shared.writer.tiers.longest());
+        // A disabled endpoint's job goes on: the attempt dead-letters it.
+        let wait = match job.endpoint.hold(longest) {
+            Hold::Postpone(wait) => Some(wait),
+            Hold::Deliver | Hold::DeadLetter { .. } => None,
+        };
+        let wait = wait.or_else(|| {
+            let held = job.endpoint.in_memory.load(Ordering::Relaxed);
+            let total = self.total.load(Ordering::Relaxed);
+            (self
+                .wiring
+                .pressure
+                .overflows(held, total, self.wiring.registry.len())
+                && job.endpoint.drains_slower_than(
+                    held,
+                    OVERFLOW_POSTPONE,
+                    std::time::Instant::now(),
+                ))
+            .then_some(OVERFLOW_POSTPONE)
+        });
+        if let Some(wait) = wait {
+            let due = now.saturating_add(ms(wait));
+            if let Some(lane) = job.lane.clone() {
+                self.lanes
+                    .note_pending(job.source.partition, job.source.epoch, lane, job.seq, due);
+            }
+            self.tasks
+                .spawn(attempt::postpone(job, due, self.wiring.shared.clone()));
+            return;
+        }
+        let Some(lane) = job.lane.clone() else {
+            return self.spawn_delivery(job);
+        };
+        let place = Place {
+            partition: job.source.partition,
+            epoch: job.source.epoch,
+        };
+        let (seq, source) = (job.seq, job.source.clone());
+        match self.lanes.admit(place, lane, seq, job, from_retry, now) {
+            Admit::Go(job) => self.spawn_delivery(job),
+            Admit::Parked => {}
+            Admit::Postpone(job, due) => {
+                self.tasks
+                    .spawn(attempt::postpone(job, due, self.wiring.shared.clone()));
+            }
+            Admit::Duplicate => self.partitions.settle(&source),
+        }
+    }
+
+    fn spawn_delivery(&mut self, job: Job) {
+        if self.stopping {
+            return; // not settled: delivered again after the restart
+        }
+        self.tasks
+            .spawn(attempt::deliver(job, self.wiring.shared.clone()));
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        if c.done != Done::Abandoned {
+            self.partitions.settle(&c.source);
+        }
+        // Consume again as soon as memory has room, not at the next tick.
+        if self.backpressure
+            && self
+                .wiring
+                .pressure
+                .relieved(self.total.load(Ordering::Relaxed))
+        {
+            self.check_backpressure();
+            self.drain_all();
+        }
+        let Some((lane, seq)) = c.lane else { return };
+        let (partition, epoch) = (c.source.partition, c.source.epoch);
+        match c.done {
+            Done::Finished => {
+                if let Some(next) = self.lanes.finish(partition, epoch, &lane, seq) {
+                    self.spawn_delivery(next);
+                }
+            }
+            Done::Rescheduled { due_ms } => {
+                for (job, due) in self.lanes.reschedule(partition, epoch, &lane, seq, due_ms) {
+                    self.tasks
+                        .spawn(attempt::postpone(job, due, self.wiring.shared.clone()));
+                }
+            }
+            Done::Postponed | Done::Abandoned => {}
+        }
+    }
+
+    fn on_message(&mut self, msg: Result<BorrowedMessage<'_>, KafkaError>) {
+        let msg = match msg {
+            Ok(m) => m.detach(),
+            Err(e) => {
+                warn!(error = %e, "Kafka consumer error");
+                return;
+            }
+        };
+        let tier = self.wiring.shared.writer.tiers.index_of(msg.topic());
+        let tp = self.partitions.hold(msg, tier);
+        self.drain(&tp);
+    }
+
+    fn drain_all(&mut self) {
+        for tp in self.partitions.tps() {
+            self.drain(&tp);
+        }
+    }
+
+    /// Handles the held records of a partition that may go now, in order.
+    fn drain(&mut self, tp: &Tp) {
+        let now = now_ms();
+        while !(self.backpressure || self.stopping) {
+            let Some(ready) = self
+                .partitions
+                .next(tp, &self.wiring.shared.writer.tiers, now)
+            else {
+                break;
+            };
+            self.on_record(ready);
+            // Back-pressure as soon as memory is full, not at the next tick:
+            // a backlog is read far faster than it is delivered, and a second
+            // of reading ahead pushed most of it through the overflow path
+            // (a retry-topic write and read per event; see BENCHMARKS.md).
+            if self
+                .wiring
+                .pressure
+                .over(self.total.load(Ordering::Relaxed))
+            {
+                self.check_backpressure();
+            }
+        }
+        self.sync_pause(tp);
+    }
+
+    /// Turns a record into its [`Fate`], tracks it and sends it on its way.
+    fn on_record(&mut self, ready: Ready) {
+        let Ready {
+            msg,
+            source,
+            tier,
+            step,
+        } = ready;
+        let fate = {
+            let cx = Context {
+                registry: &self.wiring.registry,
+                limits: &self.wiring.limits,
+                shared: &self.wiring.shared,
+                total: &self.total,
+            };
+            match tier {
+                None => records::from_event(&msg, &source, &cx),
+                Some(tier) => records::from_retry(&msg, &source, tier, step, &cx),
+            }
+        };
+        match fate {
+            Fate::Jobs { jobs, from_retry } => {
+                self.partitions.track(&source, jobs.len());
+                for job in jobs {
+                    self.route(job, from_retry);
+                }
+            }
+            Fate::Forward(out) => {
+                self.partitions.track(&source, 1);
+                self.tasks
+                    .spawn(attempt::forward(out, source, self.wiring.shared.clone()));
+            }
+        }
+    }
+
+    fn on_rebalance(&mut self, r: Rebalanced) {
+        let events_topic = self.wiring.shared.writer.events_topic.clone();
+        match r {
+            Rebalanced::Revoked(tps) => {
+                for tp in &tps {
+                    self.partitions.revoke(tp);
+                    self.wiring
+                        .committable
+                        .lock()
+                        .expect("committable lock")
+                        .remove(tp);
+                    if tp.0 == events_topic {
+                        self.lanes.revoke(tp.1);
+                    }
+                }
+            }
+            Rebalanced::Assigned(tps) => {
+                let (epoch, retry_tps) = self
+                    .partitions
+                    .assign(&tps, &self.wiring.shared.writer.tiers);
+                for tp in tps.iter().filter(|tp| tp.0 == events_topic) {
+                    self.lanes.assign(tp.1, epoch);
+                }
+                let (consumer, config, tx) = (
+                    self.wiring.consumer.clone(),
+                    self.wiring.scanner.clone(),
+                    self.scans.0.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    let result = consumer::scan(&config, &consumer, &retry_tps, SCAN_DEADLINE);
+                    let _ = tx.send(ScanDone { epoch, result });
+                });
+            }
+        }
+    }
+
+    fn on_scan(&mut self, s: ScanDone) {
+        if s.epoch != self.partitions.epoch() {
+            return;
+        }
+        match s.result {
+            Ok(found) => {
+                let count = found.len();
+                for r in found {
+                    let per_key = self
+                        .wiring
+                        .registry
+                        .get(&r.meta.webhook)
+                        .is_none_or(|e| e.settings().is_ok_and(|s| s.per_key));
+                    if per_key {
+                        self.lanes.add_pending(
+                            r.partition,
+                            (Arc::from(r.meta.webhook.as_str()), r.key),
+                            r.meta.seq,
+                            r.meta.due_ms,
+                        );
+                    }
+                }
+                info!(pending = count, "retry topics scanned; consuming");
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot scan the retry topics; per-key order of retries pending from before is best effort")
+            }
+        }
+        self.partitions.scanned(s.epoch);
+        self.drain_all();
+    }
+
+    /// Pauses or resumes `tp` as [`Partitions::pause_change`] says.
+    fn sync_pause(&mut self, tp: &Tp) {
+        let Some(want) = self.partitions.pause_change(tp, self.stopping) else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        let result = if want {
+            self.wiring.consumer.pause(&tpl)
+        } else {
+            self.wiring.consumer.resume(&tpl)
+        };
+        match result {
+            Ok(()) => self.partitions.set_paused(tp, want),
+            Err(e) => debug!(error = %e, topic = %tp.0, partition = tp.1, "pause/resume"),
+        }
+    }
+
+    fn check_backpressure(&mut self) {
+        let total = self.total.load(Ordering::Relaxed);
+        let was = self.backpressure;
+        self.backpressure = self.wiring.pressure.next(was, total);
+        if was != self.backpressure {
+            // Debug: while a backlog drains this flips several times a second.
+            debug!(
+                in_memory = total,
+                paused = self.backpressure,
+                "back-pressure"
+            );
+            let metrics = &self.wiring.shared.metrics;
+            metrics.backpressure.set(i64::from(self.backpressure));
+            if self.backpressure {
+                metrics.backpressure_engaged.inc();
+            }
+            for tp in self.partitions.tps() {
+                self.sync_pause(&tp);
+            }
+        }
+    }
+
+    fn commit(&mut self, mode: CommitMode) {
+        let positions = self.partitions.take_commits();
+        if positions.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut committable = self.wiring.committable.lock().expect("committable lock");
+            for (tp, position) in positions {
+                let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(position));
+                committable.insert(tp, position);
+            }
+        }
+        if let Err(e) = self.wiring.consumer.commit(&tpl, mode) {
+            warn!(error = %e, "commit failed; retried with the next one");
+        }
+    }
+
+    async fn shutdown(mut self) {
+        info!(
+            running = self.tasks.len(),
+            "stopping: no new records; finishing running deliveries"
+        );
+        self.stopping = true;
+        self.wiring.health.set_stopping();
+        self.wiring.shared.stop.cancel();
+        for tp in self.partitions.tps() {
+            self.sync_pause(&tp);
+        }
+        let deadline = Instant::now() + self.wiring.grace;
+        while !self.tasks.is_empty() {
+            tokio::select! {
+                Some(c) = self.wiring.completions.recv() => self.on_completion(c),
+                Some(_) = self.tasks.join_next() => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        while let Ok(c) = self.wiring.completions.try_recv() {
+            self.on_completion(c);
+        }
+        if !self.tasks.is_empty() {
+            warn!(
+                left = self.tasks.len(),
+                "grace period over; the rest is delivered again after the restart"
+            );
+            self.tasks.abort_all();
+        }
+        self.commit(CommitMode::Sync);
+        let producer = self.wiring.shared.writer.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        self.wiring.consumer.unsubscribe();
+        info!("pipeline stopped");
+    }
+}
