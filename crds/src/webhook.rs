@@ -126,17 +126,19 @@ pub struct WebhookSpec {
     /// Endpoint the events are POSTed to. Must be an absolute `https://` URL with a host name
     /// (or an IP address the platform allows); `http://` is accepted only when the platform
     /// enables `allowHttp`. Credentials in the URL (`user:pass@`) are refused: they would be
-    /// visible to everyone who can read the resource.
+    /// visible to everyone who can read the resource. A `#fragment` is refused: it is never sent.
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("isURL(self)").message("url must be an absolute URL, e.g. https://hooks.example.com/events").reason(Reason::FieldValueInvalid))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("url scheme must be https (or http where the platform allows it)").reason(Reason::FieldValueInvalid))]
     #[x_kube(validation = Rule::new("!isURL(self) || url(self).getHostname() != ''").message("url must name a host").reason(Reason::FieldValueInvalid))]
     #[x_kube(validation = Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')").message("url must not carry credentials (user:password@); they would be readable by anyone who can read the Webhook").reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new("!self.contains('#')").message("url must not carry a #fragment: it is never sent to the receiver; remove it").reason(Reason::FieldValueInvalid))]
     pub url: String,
 
     /// Event types delivered to this URL: exact names such as `transaction.approved`, or patterns
     /// where `*` matches any run of characters (`transaction.*`, or `*` for everything). 1 to 64
-    /// distinct entries of at most 253 characters.
+    /// distinct entries of at most 253 characters; `**` is refused (`*` already matches any
+    /// run, dots included).
     #[schemars(
         length(min = 1, max = 64),
         inner(
@@ -145,6 +147,7 @@ pub struct WebhookSpec {
         )
     )]
     #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new("self.all(t, !t.contains('**'))").message("event type patterns may not contain '**': '*' already matches any run of characters, dots included (e.g. transaction.*)").reason(Reason::FieldValueInvalid))]
     pub event_types: Vec<String>,
 
     /// Hold deliveries back while true. Events that arrive meanwhile are kept (the dispatcher does

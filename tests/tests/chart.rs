@@ -111,6 +111,7 @@ async fn rendered_chart_is_accepted_by_the_api_server_with_defaults_and_with_eve
         "metrics.prometheusRule.enabled=true",
         "metrics.grafanaDashboard.enabled=true",
         "networkPolicy.enabled=true",
+        "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring",
         "controller.replicas=2",
         "kafka.existingSecret=kafka-credentials",
     ];
@@ -122,6 +123,11 @@ async fn rendered_chart_is_accepted_by_the_api_server_with_defaults_and_with_eve
         assert!(
             ok,
             "{what}: the API server refused the rendered chart:\n{err}\n{out}"
+        );
+        assert_eq!(
+            rendered.matches("team: monitoring").count(),
+            if what == "every option on" { 2 } else { 0 },
+            "{what}: both NetworkPolicies admit scrapes from networkPolicy.metricsFrom only"
         );
         let kinds = out.lines().count();
         assert!(kinds >= 9, "{what}: only {kinds} objects:\n{out}");

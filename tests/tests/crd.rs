@@ -5,11 +5,12 @@
 use hookline_tests::{Env, LogDump, TestNamespace, crd, repo_root};
 
 #[test]
-fn committed_crd_yaml_matches_what_crdgen_generates_from_the_types() {
-    for c in hookline_crds::crds() {
-        let path = repo_root()
-            .join("crds/manifests")
-            .join(hookline_crds::file_name(&c));
+fn committed_crd_yaml_and_the_charts_copy_match_what_crdgen_generates_from_the_types() {
+    for (c, dir) in hookline_crds::crds()
+        .into_iter()
+        .flat_map(|c| [(c.clone(), "crds/manifests"), (c, "charts/hookline/crds")])
+    {
+        let path = repo_root().join(dir).join(hookline_crds::file_name(&c));
         let committed =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let generated = hookline_crds::to_yaml(&c).unwrap();
@@ -114,6 +115,16 @@ fn invalid_cases() -> Vec<(&'static str, String, &'static str)> {
             "credentials-in-url",
             format!("  url: https://user:pw@hooks.example/x\n{ev}"),
             "spec.url",
+        ),
+        (
+            "fragment-in-url",
+            format!("  url: https://hooks.example/x#frag\n{ev}"),
+            "spec.url",
+        ),
+        (
+            "double-star-pattern",
+            "  url: https://h.example/x\n  eventTypes: ['transaction.**']\n".into(),
+            "spec.eventTypes",
         ),
         ("missing-url", ev.to_string(), "spec.url"),
         (
