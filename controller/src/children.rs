@@ -213,6 +213,7 @@ pub fn dispatcher_args(settings: &Settings, tenant: &str) -> DispatcherArgs {
 pub fn deployment(settings: &Settings, tenant: &str) -> Deployment {
     let name = naming::dispatcher(tenant);
     let args = dispatcher_args(settings, tenant).to_args();
+    let pod = &settings.dispatcher_pod;
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -226,6 +227,7 @@ pub fn deployment(settings: &Settings, tenant: &str) -> Deployment {
     let container = Container {
         name: "dispatcher".into(),
         image: Some(settings.dispatcher_image.clone()),
+        image_pull_policy: Some(settings.dispatcher_image_pull_policy.clone()),
         command: Some(vec!["/usr/local/bin/hookline-dispatcher".into()]),
         args: Some(args),
         env: Some(vec![
@@ -233,7 +235,7 @@ pub fn deployment(settings: &Settings, tenant: &str) -> Deployment {
             field_env("POD_NAME", "metadata.name"),
             EnvVar {
                 name: "RUST_LOG".into(),
-                value: Some("info".into()),
+                value: Some(settings.dispatcher_log_level.clone()),
                 ..EnvVar::default()
             },
         ]),
@@ -306,6 +308,12 @@ pub fn deployment(settings: &Settings, tenant: &str) -> Deployment {
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
+                    image_pull_secrets: Some(pod.image_pull_secrets.clone())
+                        .filter(|s| !s.is_empty()),
+                    node_selector: Some(pod.node_selector.clone()).filter(|s| !s.is_empty()),
+                    tolerations: Some(pod.tolerations.clone()).filter(|s| !s.is_empty()),
+                    affinity: pod.affinity.clone(),
+                    priority_class_name: pod.priority_class_name.clone().filter(|s| !s.is_empty()),
                     ..PodSpec::default()
                 }),
             },
@@ -319,6 +327,59 @@ pub fn deployment(settings: &Settings, tenant: &str) -> Deployment {
 mod tests {
     use super::*;
     use clap::Parser as _;
+
+    #[test]
+    fn dispatcher_pods_carry_the_platforms_scheduling_pull_and_log_settings() {
+        let settings = Settings::parse_from([
+            "hookline-controller",
+            "--kafka-bootstrap=k:9092",
+            r#"--dispatcher-pod={"imagePullSecrets":[{"name":"regcred"}],"nodeSelector":{"pool":"hooks"},"tolerations":[{"key":"dedicated","operator":"Equal","value":"hooks","effect":"NoSchedule"}],"affinity":{"podAntiAffinity":{}},"priorityClassName":"platform-high"}"#,
+            "--dispatcher-image-pull-policy=Always",
+            "--dispatcher-log-level=debug",
+        ]);
+        let spec = deployment(&settings, "acme")
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(spec.image_pull_secrets.unwrap()[0].name, "regcred");
+        assert_eq!(spec.node_selector.unwrap()["pool"], "hooks");
+        assert_eq!(
+            spec.tolerations.unwrap()[0].key.as_deref(),
+            Some("dedicated")
+        );
+        assert!(spec.affinity.unwrap().pod_anti_affinity.is_some());
+        assert_eq!(spec.priority_class_name.as_deref(), Some("platform-high"));
+        let c = &spec.containers[0];
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        let log = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "RUST_LOG");
+        assert_eq!(log.unwrap().value.as_deref(), Some("debug"));
+
+        let plain = deployment(&Settings::for_tests(), "acme")
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert!(plain.node_selector.is_none() && plain.tolerations.is_none());
+        assert!(plain.image_pull_secrets.is_none() && plain.priority_class_name.is_none());
+        assert!(
+            Settings::try_parse_from([
+                "x",
+                "--kafka-bootstrap=k",
+                r#"--dispatcher-pod={"nodeSelectr":{}}"#
+            ])
+            .unwrap_err()
+            .to_string()
+            .contains("nodeSelectr")
+        );
+    }
 
     #[test]
     fn the_dispatcher_parses_the_args_the_controller_writes_back_to_the_same_settings() {

@@ -47,6 +47,21 @@ pub struct Settings {
           value_parser = parse_resources)]
     pub dispatcher_resources: k8s_openapi::api::core::v1::ResourceRequirements,
 
+    /// Scheduling and image-pull settings of every dispatcher Pod, as JSON: `imagePullSecrets`,
+    /// `nodeSelector`, `tolerations`, `affinity`, `priorityClassName` (each optional; the
+    /// chart fills them from its values). Unknown keys are refused.
+    #[arg(long, env = "HOOKLINE_DISPATCHER_POD", default_value = "{}", value_parser = parse_pod)]
+    pub dispatcher_pod: DispatcherPod,
+
+    /// `imagePullPolicy` of every dispatcher container (`Always`, `IfNotPresent`, `Never`).
+    #[arg(long, env = "HOOKLINE_DISPATCHER_IMAGE_PULL_POLICY", default_value = "IfNotPresent",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub dispatcher_image_pull_policy: String,
+
+    /// `RUST_LOG` of every dispatcher (e.g. `info`, `debug`, `info,hookline_dispatcher=debug`).
+    #[arg(long, env = "HOOKLINE_DISPATCHER_LOG_LEVEL", default_value = "info")]
+    pub dispatcher_log_level: String,
+
     /// Platform default of `spec.delivery.retry.maxAttempts`, passed to every dispatcher.
     #[arg(long, env = "HOOKLINE_DEFAULT_MAX_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..=50))]
     pub default_max_attempts: Option<u32>,
@@ -111,6 +126,34 @@ impl Settings {
             None => format!("!{LABEL_INSTANCE}"),
         }
     }
+}
+
+/// Where dispatcher Pods run and how their image is pulled: what a platform sets for all of
+/// its workloads.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DispatcherPod {
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default)]
+    pub image_pull_secrets: Vec<k8s_openapi::api::core::v1::LocalObjectReference>,
+    /// Node labels the Pods must match.
+    #[serde(default)]
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    /// Taints the Pods tolerate.
+    #[serde(default)]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// Node and Pod (anti-)affinity.
+    #[serde(default)]
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    /// The Pods' PriorityClass (empty: none).
+    #[serde(default)]
+    pub priority_class_name: Option<String>,
+}
+
+fn parse_pod(s: &str) -> Result<DispatcherPod, String> {
+    serde_json::from_str(s).map_err(|e| {
+        format!("not a JSON object of imagePullSecrets, nodeSelector, tolerations, affinity, priorityClassName: {e}")
+    })
 }
 
 fn parse_resources(s: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequirements, String> {

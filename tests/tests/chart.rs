@@ -114,6 +114,11 @@ async fn rendered_chart_is_accepted_by_the_api_server_with_defaults_and_with_eve
         "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring",
         "controller.replicas=2",
         "kafka.existingSecret=kafka-credentials",
+        "imagePullSecrets[0].name=regcred",
+        "dispatcher.nodeSelector.pool=hooks",
+        "dispatcher.tolerations[0].operator=Exists",
+        "dispatcher.priorityClassName=platform-high",
+        "dispatcher.logLevel=debug",
     ];
     for (what, extra) in [("defaults", &[][..]), ("every option on", &all_on[..])] {
         let rendered = template(&env, extra).unwrap();

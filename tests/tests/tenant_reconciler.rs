@@ -20,7 +20,9 @@ use std::{
 use anyhow::Context as _;
 use hookline_core::naming;
 use hookline_crds::Webhook;
-use hookline_tests::{Env, LogDump, TestNamespace, cache_dir, crd, random_suffix, wait};
+use hookline_tests::{
+    Env, LogDump, TestNamespace, cache_dir, crd, install, random_suffix, repo_root, wait,
+};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::ServiceAccount,
@@ -57,6 +59,18 @@ impl OwnController {
         cidrs: &str,
         dump: &mut LogDump,
     ) -> anyhow::Result<OwnController> {
+        Self::start_with(env, op, instance, cidrs, &[], dump)
+    }
+
+    /// [`OwnController::start`] with `extra` flags.
+    fn start_with(
+        env: &Env,
+        op: &str,
+        instance: &str,
+        cidrs: &str,
+        extra: &[String],
+        dump: &mut LogDump,
+    ) -> anyhow::Result<OwnController> {
         let binary = controller_binary();
         anyhow::ensure!(
             binary.exists(),
@@ -84,6 +98,7 @@ impl OwnController {
                 "--topic-partitions=3".into(),
                 "--topic-replication=1".into(),
             ])
+            .args(extra)
             .stdout(Stdio::from(std::fs::File::create(&log)?))
             .stderr(Stdio::from(std::fs::File::create(
                 log.with_extension("err"),
@@ -257,6 +272,97 @@ async fn a_platform_settings_change_reaches_every_tenant_within_seconds_of_the_c
             args(&d)
         );
     }
+}
+
+/// The dispatcher flags `helm template` renders into the controller's args for `values`.
+fn rendered_dispatcher_flags(env: &Env, values: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["template", "hookline"].map(String::from).into();
+    args.push(repo_root().join("charts/hookline").display().to_string());
+    for v in ["kafka.bootstrapServers=127.0.0.1:9"].iter().chain(values) {
+        args.push("--set".into());
+        args.push((*v).into());
+    }
+    let rendered = install::helm(env, &args).unwrap();
+    // The controller's args are rendered one per line, as `- --flag=value` or, when quoted,
+    // `- "--flag=value"` with JSON escapes.
+    let flags: Vec<String> = rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .map(|a| {
+            if a.starts_with('"') {
+                serde_json::from_str::<String>(a).unwrap_or_default()
+            } else {
+                a.to_owned()
+            }
+        })
+        .filter(|a| {
+            a.starts_with("--dispatcher-pod=")
+                || a.starts_with("--dispatcher-image-pull-policy=")
+                || a.starts_with("--dispatcher-log-level=")
+        })
+        .collect();
+    assert_eq!(flags.len(), 3, "{flags:?}");
+    flags
+}
+
+#[tokio::test]
+async fn dispatcher_pods_get_the_platforms_pod_settings_from_the_chart_values() {
+    let mut dump = LogDump::new();
+    let (env, client, op, instance) = setup("tr-pod").await;
+    let flags = rendered_dispatcher_flags(
+        &env,
+        &[
+            "imagePullSecrets[0].name=regcred",
+            "image.pullPolicy=Always",
+            "dispatcher.logLevel=debug",
+            "dispatcher.nodeSelector.pool=hooks",
+            "dispatcher.tolerations[0].key=dedicated",
+            "dispatcher.tolerations[0].operator=Exists",
+            "dispatcher.tolerations[0].effect=NoSchedule",
+            "dispatcher.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight=1",
+            "dispatcher.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].preference.matchExpressions[0].key=zone",
+            "dispatcher.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].preference.matchExpressions[0].operator=Exists",
+            "dispatcher.priorityClassName=system-cluster-critical",
+        ],
+    );
+    let tenant = TestNamespace::create(&env, &client, "tr-pod-t")
+        .await
+        .unwrap();
+    create_webhook(&client, &tenant.name, "a", &instance, &[]).await;
+    let _controller =
+        OwnController::start_with(&env, &op.name, &instance, WIDE, &flags, &mut dump).unwrap();
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &op.name);
+    let name = naming::dispatcher(&tenant.name);
+    let d = wait::until(
+        Duration::from_secs(60),
+        "the dispatcher Deployment",
+        || async { Ok(deployments.get_opt(&name).await?) },
+    )
+    .await
+    .unwrap();
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+    assert_eq!(pod.node_selector.unwrap()["pool"], "hooks");
+    assert_eq!(
+        pod.tolerations.unwrap()[0].key.as_deref(),
+        Some("dedicated")
+    );
+    let affinity = pod.affinity.unwrap().node_affinity.unwrap();
+    assert_eq!(
+        affinity
+            .preferred_during_scheduling_ignored_during_execution
+            .unwrap()[0]
+            .weight,
+        1
+    );
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-cluster-critical")
+    );
+    let c = &pod.containers[0];
+    assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+    let log = c.env.iter().flatten().find(|e| e.name == "RUST_LOG");
+    assert_eq!(log.and_then(|e| e.value.as_deref()), Some("debug"));
 }
 
 #[tokio::test]
