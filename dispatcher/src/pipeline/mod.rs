@@ -38,8 +38,9 @@
 //!   retry-topic write per event per look, and looks grow further apart the
 //!   longer the pause.
 //! - A `Webhook` without a usable signing key yet: postponed 10 s at a time.
-//! - Disabled (410 Gone): new events are not matched to it; its retries are
-//!   dead-lettered with reason `webhook_disabled`.
+//! - Disabled (410 Gone): its new events and its retries are dead-lettered with
+//!   reason `webhook_disabled` — not delivered, not dropped: they can be replayed
+//!   once the receiver is back.
 //! - A retry for a `Webhook` that no longer exists is dropped (logged, counted
 //!   as `orphaned`).
 
@@ -190,25 +191,12 @@ impl Pipeline {
             .writer
             .tiers
             .delay(self.wiring.shared.writer.tiers.longest());
-        // A disabled endpoint's job goes on: the attempt dead-letters it.
         let wait = match job.endpoint.hold(longest) {
             Hold::Postpone(wait) => Some(wait),
-            Hold::Deliver | Hold::DeadLetter { .. } => None,
+            // The attempt dead-letters it at once: never postponed for memory.
+            Hold::DeadLetter { .. } => None,
+            Hold::Deliver => self.overflow_wait(&job),
         };
-        let wait = wait.or_else(|| {
-            let held = job.endpoint.in_memory.load(Ordering::Relaxed);
-            let total = self.total.load(Ordering::Relaxed);
-            (self
-                .wiring
-                .pressure
-                .overflows(held, total, self.wiring.registry.len())
-                && job.endpoint.drains_slower_than(
-                    held,
-                    OVERFLOW_POSTPONE,
-                    std::time::Instant::now(),
-                ))
-            .then_some(OVERFLOW_POSTPONE)
-        });
         if let Some(wait) = wait {
             let due = now.saturating_add(ms(wait));
             if let Some(lane) = job.lane.clone() {
@@ -236,6 +224,21 @@ impl Pipeline {
             }
             Admit::Duplicate => self.partitions.settle(&source),
         }
+    }
+
+    /// How long to postpone a deliverable job whose endpoint holds more than its share of
+    /// memory and drains too slowly to clear it within the postponement; `None` to go on.
+    fn overflow_wait(&self, job: &Job) -> Option<Duration> {
+        let held = job.endpoint.in_memory.load(Ordering::Relaxed);
+        let total = self.total.load(Ordering::Relaxed);
+        (self
+            .wiring
+            .pressure
+            .overflows(held, total, self.wiring.registry.len())
+            && job
+                .endpoint
+                .drains_slower_than(held, OVERFLOW_POSTPONE, std::time::Instant::now()))
+        .then_some(OVERFLOW_POSTPONE)
     }
 
     fn spawn_delivery(&mut self, job: Job) {

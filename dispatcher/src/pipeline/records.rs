@@ -86,10 +86,11 @@ pub fn from_event(msg: &OwnedMessage, source: &Source, cx: &Context<'_>) -> Fate
         .registry
         .snapshot()
         .into_iter()
+        // A disabled endpoint gets its job too: the attempt dead-letters it with reason
+        // `webhook_disabled` (nothing is dropped silently; it can be replayed).
         .filter(|e| {
-            !e.is_disabled()
-                && e.settings()
-                    .is_ok_and(|s| s.matcher.matches(&event.event_type))
+            e.settings()
+                .is_ok_and(|s| s.matcher.matches(&event.event_type))
         })
         .collect();
     debug!(event_id = %event.id, event_type = %event.event_type, webhooks = targets.len(), "event");

@@ -255,12 +255,20 @@ async fn gone_disables_the_webhook_and_dead_letters_the_event() {
         ("False", "Gone")
     );
 
+    // An event that arrives while it is disabled is not delivered, and not dropped either: it
+    // is dead-lettered with reason `webhook_disabled`, so it can be replayed.
     t.produce(
         "tx-2",
         &event("evt_gone_2", "transaction.approved", json!({})),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let dlq = kafka::consume(&t.env, &t.topics().dead_letter, 2, WITHIN)
+        .await
+        .unwrap();
+    let second: serde_json::Value =
+        serde_json::from_slice(dlq[1].value.as_deref().unwrap_or_default()).unwrap();
+    assert_eq!(second["id"], "evt_gone_2");
+    assert_eq!(dlq[1].header("hookline-reason"), Some("webhook_disabled"));
     assert_eq!(
         rx.requests("/gone").len(),
         1,
