@@ -104,6 +104,20 @@ pub fn producer(env: &Env) -> anyhow::Result<FutureProducer> {
         .create()?)
 }
 
+/// A producer like [`producer`] that compresses its batches with `codec` (`gzip`, `snappy`,
+/// `lz4`, `zstd`), as upstream producers commonly do.
+///
+/// # Errors
+/// When librdkafka refuses the codec (built without it).
+pub fn compressing_producer(env: &Env, codec: &str) -> anyhow::Result<FutureProducer> {
+    Ok(base_config(env)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .set("compression.type", codec)
+        .create()?)
+}
+
 /// Produces one record and waits for the broker's acknowledgement.
 ///
 /// # Errors
