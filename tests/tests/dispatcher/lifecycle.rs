@@ -112,22 +112,33 @@ async fn after_a_rotation_deliveries_are_signed_with_both_keys() {
     t.rotate_key("fraud", "r1", 2).await;
     let new = t.signing_key("fraud").await;
     assert_ne!(old, new);
-    tokio::time::sleep(Duration::from_secs(2)).await;
 
-    t.produce(
-        "tx-1",
-        &event("evt_rotated", "transaction.approved", json!({})),
-    )
-    .await;
-    let got = rx.wait_for("/fraud", 1, WITHIN).await.unwrap();
-    let sig = got[0].header("webhook-signature").unwrap();
-    assert_eq!(
-        sig.split(' ').count(),
-        2,
-        "two signatures during the overlap: {sig}"
-    );
-    verify_fresh(&new, &got[0]);
-    verify_fresh(&old, &got[0]);
+    // The dispatcher reads the rotated Secret within a second or so: events produced from now
+    // on are soon signed with both keys. Produce one at a time until one is (no fixed sleep).
+    let mut n = 0;
+    let got = wait::until(WITHIN, "a delivery signed with both keys", || {
+        n += 1;
+        let (t, rx) = (&t, &rx);
+        async move {
+            t.produce(
+                "tx-1",
+                &event(
+                    &format!("evt_rotated_{n}"),
+                    "transaction.approved",
+                    json!({}),
+                ),
+            )
+            .await;
+            let got = rx.wait_for("/fraud", n, WITHIN).await?;
+            let last = got[n - 1].clone();
+            let sig = last.header("webhook-signature").unwrap_or_default();
+            Ok((sig.split(' ').count() == 2).then_some(last))
+        }
+    })
+    .await
+    .unwrap();
+    verify_fresh(&new, &got);
+    verify_fresh(&old, &got);
 }
 
 #[tokio::test]
@@ -159,7 +170,22 @@ async fn events_that_arrive_while_paused_are_delivered_after_the_resume() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The event was read and parked in the retry path (no attempt spent), not delivered.
+    wait::until(WITHIN, "the paused event parked", || async {
+        let metrics = t.dispatcher_get("/metrics").await;
+        let parked: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("hookline_dispatcher_retries_scheduled_total{")
+                    && l.contains(r#"outcome="postponed""#)
+                    && l.contains(r#"webhook="fraud""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        Ok((parked >= 1.0).then_some(()))
+    })
+    .await
+    .unwrap();
     assert!(
         rx.requests("/fraud").is_empty(),
         "nothing is delivered while paused"

@@ -40,7 +40,10 @@ async fn an_event_reaches_the_receiver_signed_and_is_counted_in_the_status() {
         ),
     )
     .await;
+    // Same key as the next one: had it matched, per-key order would deliver it first.
     t.produce("tx-2", &event("evt_ok_2", "account.opened", json!({})))
+        .await;
+    t.produce("tx-2", &event("evt_ok_3", "transaction.review", json!({})))
         .await;
 
     let got = rx.wait_for("/fraud", 1, WITHIN).await.unwrap();
@@ -64,7 +67,7 @@ async fn an_event_reaches_the_receiver_signed_and_is_counted_in_the_status() {
         "the body is {{type, timestamp, data}}"
     );
 
-    let wh = t.wait_count("fraud", "delivered", 1).await;
+    let wh = t.wait_count("fraud", "delivered", 2).await;
     let status = wh.status.unwrap();
     assert!(status.last_success_time.is_some());
     assert_eq!(status.circuit.as_deref(), Some("closed"));
@@ -78,16 +81,21 @@ async fn an_event_reaches_the_receiver_signed_and_is_counted_in_the_status() {
         status.conditions.iter().any(|c| c.type_ == types::READY),
         "the controller's conditions are kept"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        rx.requests("/fraud").len(),
-        1,
-        "account.opened is not subscribed to"
+    let ids: Vec<String> = rx
+        .wait_for("/fraud", 2, WITHIN)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+        .collect();
+    assert!(
+        !ids.contains(&"evt_ok_2".to_owned()) && ids.contains(&"evt_ok_3".to_owned()),
+        "account.opened is not subscribed to; the event behind it on its key came: {ids:?}"
     );
 
     let metrics = t.dispatcher_get("/metrics").await;
     let want = format!(
-        r#"hookline_dispatcher_deliveries_total{{namespace="{}",outcome="delivered",status_class="2xx",webhook="fraud"}} 1"#,
+        r#"hookline_dispatcher_deliveries_total{{namespace="{}",outcome="delivered",status_class="2xx",webhook="fraud"}} 2"#,
         t.ns.name
     );
     assert!(metrics.contains(&want), "{want} in\n{metrics}");
@@ -332,6 +340,22 @@ async fn a_test_annotation_sends_one_signed_test_event_and_records_the_result() 
     assert_eq!(wh.0.nonce, "n-1");
     assert!(wh.0.success);
     assert_eq!(wh.0.status_code, Some(200));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(rx.requests("/fraud").len(), 1, "one test per nonce");
+    // Unrelated changes to the Webhook (the status write above, a label now) do not send the
+    // same nonce again; a new nonce sends one more test, and it is the second request.
+    let label = json!({"metadata": {"labels": {"touched": "yes"}}});
+    t.api
+        .patch("fraud", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    let patch = json!({"metadata": {"annotations": {"hookline.dev/test": "n-2"}}});
+    t.api
+        .patch("fraud", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let got = rx.wait_for("/fraud", 2, WITHIN).await.unwrap();
+    assert_eq!(
+        got[1].header("webhook-id"),
+        Some("test_n-2"),
+        "one test per nonce"
+    );
 }
