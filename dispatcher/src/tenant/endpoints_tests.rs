@@ -2,6 +2,8 @@
 //! disabling and re-enabling, test nonces.
 
 use super::*;
+use crate::tenant::settings::DEFAULT_TIMEOUT;
+use hookline_core::retry::Backoff;
 use hookline_core::status::MIN_PARK;
 use hookline_crds::{DisabledStatus, TestStatus, WebhookStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

@@ -1,9 +1,11 @@
 //! The tenant's `Webhook`s as the dispatcher sees them: the [`reflector`] keeps the
-//! [`endpoints`] registry in line with the API server, [`keys`] loads each signing Secret, each
-//! endpoint's [`stats`] collect what happened, and [`status`] writes what happened back into each `Webhook`'s status.
+//! [`endpoints`] registry in line with the API server (each endpoint's [`settings`] read from
+//! its spec), [`keys`] loads each signing Secret, each endpoint's [`stats`] collect what
+//! happened, and [`status`] writes it back into each `Webhook`'s status.
 
 pub mod endpoints;
 pub mod keys;
 pub mod reflector;
+pub mod settings;
 pub mod stats;
 pub mod status;
