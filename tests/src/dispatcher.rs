@@ -4,7 +4,7 @@
 //! would not set (a small `--max-pending`, a narrower allow-list). Killed when
 //! dropped; its log is added to the test's [`LogDump`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context as _;
@@ -13,11 +13,50 @@ use hookline_core::args::{DispatcherArgs, RetryTier};
 
 use crate::{Env, LogDump, cache_dir, kafka};
 
-/// The debug build of `hookline-dispatcher` (what the pod runner runs).
-pub fn binary() -> PathBuf {
+/// The debug build of the workspace binary `name` (what the pod runner runs).
+pub fn debug_binary(name: &str) -> PathBuf {
     let target =
         std::env::var("CARGO_TARGET_DIR").map_or_else(|_| cache_dir().join("target"), Into::into);
-    target.join("debug/hookline-dispatcher")
+    target.join("debug").join(name)
+}
+
+/// The debug build of `hookline-dispatcher` (what the pod runner runs).
+pub fn binary() -> PathBuf {
+    debug_binary("hookline-dispatcher")
+}
+
+/// A process of a test's own, started from `binary` with the admin kubeconfig and `args`,
+/// logging `RUST_LOG=log_level` to `log` (stdout) and `log.err` (stderr), both added to `dump`.
+/// The caller kills it (see [`Dispatcher`]'s `Drop`).
+///
+/// # Errors
+/// When the binary is missing (with the cargo command that builds it), the log files cannot be
+/// created, or the process cannot start.
+pub fn spawn(
+    env: &Env,
+    binary: &Path,
+    args: &[String],
+    log_level: &str,
+    log: &Path,
+    dump: &mut LogDump,
+) -> anyhow::Result<Child> {
+    anyhow::ensure!(
+        binary.exists(),
+        "{} is missing: cargo build -p {}",
+        binary.display(),
+        binary.file_name().unwrap_or_default().to_string_lossy()
+    );
+    dump.extra.push(log.to_path_buf());
+    let err = log.with_extension("err");
+    dump.extra.push(err.clone());
+    Command::new(binary)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("RUST_LOG", log_level)
+        .args(args)
+        .stdout(Stdio::from(std::fs::File::create(log)?))
+        .stderr(Stdio::from(std::fs::File::create(err)?))
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
 }
 
 /// The topics of a test's own dispatcher.
@@ -98,18 +137,9 @@ impl Dispatcher {
             .local_addr()?
             .to_string();
         let log = std::env::temp_dir().join(format!("{namespace}-dispatcher.log"));
-        dump.extra.push(log.clone());
-        let child = Command::new(binary())
-            .env("KUBECONFIG", &env.kubeconfig)
-            .env("RUST_LOG", "info")
-            .args(topics.args(namespace, env, &listen).to_args())
-            .args(extra)
-            .stdout(Stdio::from(std::fs::File::create(&log)?))
-            .stderr(Stdio::from(std::fs::File::create(
-                log.with_extension("err"),
-            )?))
-            .spawn()
-            .with_context(|| format!("starting {}", binary().display()))?;
+        let mut args = topics.args(namespace, env, &listen).to_args();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let child = spawn(env, &binary(), &args, "info", &log, dump)?;
         Ok(Dispatcher { child, listen })
     }
 }

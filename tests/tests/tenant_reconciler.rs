@@ -12,16 +12,14 @@
 //! dispatcher process is started for them.
 
 use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use hookline_core::naming;
 use hookline_crds::Webhook;
 use hookline_tests::{
-    Env, LogDump, TestNamespace, cache_dir, crd, install, random_suffix, repo_root, wait,
+    Env, LogDump, TestNamespace, crd, dispatcher, install, random_suffix, repo_root, wait,
 };
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -36,13 +34,6 @@ use serde_json::json;
 
 /// The allow-list of the shared test installation.
 const WIDE: &str = "127.0.0.0/8";
-
-/// The debug build of `hookline-controller` (what the pod runner runs for the chart).
-fn controller_binary() -> PathBuf {
-    let target =
-        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| cache_dir().join("target"), Into::into);
-    target.join("debug/hookline-controller")
-}
 
 /// A `hookline-controller` of the test's own, with the admin kubeconfig; killed on drop.
 struct OwnController {
@@ -71,40 +62,26 @@ impl OwnController {
         extra: &[String],
         dump: &mut LogDump,
     ) -> anyhow::Result<OwnController> {
-        let binary = controller_binary();
-        anyhow::ensure!(
-            binary.exists(),
-            "{} is missing: cargo build -p hookline-controller",
-            binary.display()
-        );
         let listen = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .to_string();
         let log = std::env::temp_dir().join(format!("{op}-controller-{}.log", random_suffix()));
-        dump.extra.push(log.clone());
-        let child = Command::new(&binary)
-            .env("KUBECONFIG", &env.kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
-            .args([
-                format!("--operator-namespace={op}"),
-                format!("--instance={instance}"),
-                format!("--pod-name={instance}"),
-                format!("--kafka-bootstrap={}", env.kafka_bootstrap),
-                format!("--allow-cidr={cidrs}"),
-                format!("--listen={listen}"),
-                "--allow-http".into(),
-                "--dispatcher-image=ghcr.io/hookline/hookline:dev".into(),
-                "--dispatcher-replicas=0".into(),
-                "--topic-partitions=3".into(),
-                "--topic-replication=1".into(),
-            ])
-            .args(extra)
-            .stdout(Stdio::from(std::fs::File::create(&log)?))
-            .stderr(Stdio::from(std::fs::File::create(
-                log.with_extension("err"),
-            )?))
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut args: Vec<String> = vec![
+            format!("--operator-namespace={op}"),
+            format!("--instance={instance}"),
+            format!("--pod-name={instance}"),
+            format!("--kafka-bootstrap={}", env.kafka_bootstrap),
+            format!("--allow-cidr={cidrs}"),
+            format!("--listen={listen}"),
+            "--allow-http".into(),
+            "--dispatcher-image=ghcr.io/hookline/hookline:dev".into(),
+            "--dispatcher-replicas=0".into(),
+            "--topic-partitions=3".into(),
+            "--topic-replication=1".into(),
+        ];
+        args.extend_from_slice(extra);
+        let binary = dispatcher::debug_binary("hookline-controller");
+        let child = dispatcher::spawn(env, &binary, &args, "info,kube=warn", &log, dump)?;
         Ok(OwnController { child })
     }
 }

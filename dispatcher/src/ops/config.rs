@@ -40,21 +40,10 @@ pub fn scanner_config(config: &Config) -> ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     #[test]
     fn the_client_configs_carry_the_settings_delivery_depends_on() {
-        let c = Config::try_parse_from([
-            "hookline-dispatcher",
-            "--tenant-namespace=acme",
-            "--kafka-bootstrap=k:9092",
-            "--events-topic=hookline.acme.events",
-            "--dead-letter-topic=hookline.acme.dlq",
-            "--attempts-topic=hookline.acme.attempts",
-            "--consumer-group=hookline-dispatcher.acme",
-            "--retry-topic=1s=hookline.acme.retry.1s",
-        ])
-        .unwrap();
+        let c = Config::for_tenant("acme", "k:9092");
         let consumer = consumer_config(&c);
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
         assert_eq!(consumer.get("group.id"), Some("hookline-dispatcher.acme"));

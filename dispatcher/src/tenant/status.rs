@@ -34,7 +34,7 @@ use hookline_core::status::{DISPATCHER_MANAGER as MANAGER, View, conditions};
 use crate::error::{Error, Result};
 use crate::ops::metrics::Metrics;
 use crate::tenant::endpoints::{Disabled, Endpoint, Registry};
-pub use crate::tenant::stats::Stats;
+use crate::tenant::stats::Stats;
 
 /// The status apply patch for `fresh` (the object as just read) given what
 /// happened here.
