@@ -106,9 +106,33 @@ pub fn topics(tenant: &str) -> Topics {
     }
 }
 
+/// Regular expression (librdkafka subscription syntax) matching every tenant's attempts topic.
+pub const ATTEMPTS_TOPIC_PATTERN: &str = r"^hookline\.[a-z0-9-]+\.attempts$";
+
+/// The tenant whose attempts topic is `topic` (the inverse of [`topics`]`(tenant).attempts`).
+pub fn tenant_of_attempts_topic(topic: &str) -> Option<&str> {
+    let tenant = topic.strip_prefix("hookline.")?.strip_suffix(".attempts")?;
+    (!tenant.is_empty()
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+    .then_some(tenant)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tenant_is_read_back_from_its_attempts_topic_and_nothing_else_is_taken() {
+        for t in ["acme", "a-1", "x"] {
+            assert_eq!(tenant_of_attempts_topic(&topics(t).attempts), Some(t));
+        }
+        assert_eq!(tenant_of_attempts_topic(&topics("acme").events), None);
+        assert_eq!(tenant_of_attempts_topic(&topics("acme").dead_letter), None);
+        assert_eq!(tenant_of_attempts_topic("hookline..attempts"), None);
+        assert_eq!(tenant_of_attempts_topic("hookline.a.b.attempts"), None);
+    }
 
     #[test]
     fn short_names_are_kept_as_they_are() {

@@ -25,7 +25,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Header names of retry and dead-letter records.
 pub mod headers {
@@ -244,28 +244,62 @@ impl DeadLetter {
     }
 }
 
-/// One delivery attempt, as written (JSON) to the attempts topic, keyed by event id.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// One delivery attempt, as written (JSON) to the attempts topic, keyed by event id; also one
+/// record when a delivery is dead-lettered without an attempt (`sent: false`, e.g. its `Webhook`
+/// was disabled). The delivery log of `hookline-api` is built from these records alone, so they
+/// carry what a person asks about a delivery — never a URL, a secret or a body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptRecord {
     /// The event id (`webhook-id`).
     pub event_id: String,
     /// The event type.
     pub event_type: String,
+    /// The event's ordering key, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// The `Webhook`.
     pub webhook: String,
-    /// The attempt number, from 1.
+    /// The attempt number, from 1 (for `sent: false`, the attempts made before).
     pub attempt: u32,
+    /// Whether a request was made (`false`: dead-lettered without an attempt).
+    #[serde(default = "yes")]
+    pub sent: bool,
     /// The HTTP status, when the receiver answered.
     pub status: Option<u16>,
     /// Time to the end of the bounded body read.
     pub latency_ms: u64,
-    /// `delivered`, `retry`, `dead_letter` or `gone`.
+    /// `delivered`, `retry`, `dead_letter` or `gone` ([`crate::retry::Decision::as_str`]).
     pub outcome: String,
     /// Why it failed, snake_case.
     pub reason: Option<String>,
+    /// What failed, for a person (at most [`ERROR_TEXT_MAX`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the next attempt is due (RFC 3339), for `outcome: retry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// The dead letter's reason, when this record ends the delivery in the dead-letter topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_reason: Option<String>,
     /// When the attempt started (RFC 3339).
     pub time: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Longest [`AttemptRecord::error`] kept, in bytes.
+pub const ERROR_TEXT_MAX: usize = 512;
+
+/// `text` cut to at most [`ERROR_TEXT_MAX`] bytes on a character boundary.
+pub fn error_text(text: &str) -> String {
+    let mut end = text.len().min(ERROR_TEXT_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 #[cfg(test)]
@@ -285,6 +319,43 @@ mod tests {
             .map(|(s, n)| (Duration::from_secs(*s), format!("t.{n}")))
             .collect(),
         )
+    }
+
+    #[test]
+    fn an_attempt_record_round_trips_and_an_older_one_reads_with_defaults() {
+        let r = AttemptRecord {
+            event_id: "evt_1".into(),
+            event_type: "transaction.approved".into(),
+            key: Some("tx-9".into()),
+            webhook: "fraud".into(),
+            attempt: 2,
+            sent: true,
+            status: Some(503),
+            latency_ms: 12,
+            outcome: "retry".into(),
+            reason: Some("http_5xx".into()),
+            error: Some("HTTP 503".into()),
+            next_attempt_at: Some("2026-12-01T00:00:10Z".into()),
+            dead_letter_reason: None,
+            time: "2026-12-01T00:00:00Z".into(),
+        };
+        let json = serde_json::to_vec(&r).unwrap();
+        assert_eq!(serde_json::from_slice::<AttemptRecord>(&json).unwrap(), r);
+        let old: AttemptRecord = serde_json::from_str(
+            r#"{"eventId":"e","eventType":"t","webhook":"w","attempt":1,"status":200,
+                "latencyMs":3,"outcome":"delivered","reason":null,"time":"2026-12-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert!(old.sent);
+        assert_eq!(old.key, None);
+    }
+
+    #[test]
+    fn error_text_is_cut_on_a_character_boundary() {
+        let long = "é".repeat(ERROR_TEXT_MAX);
+        let cut = error_text(&long);
+        assert!(cut.len() <= ERROR_TEXT_MAX && cut.len() >= ERROR_TEXT_MAX - 1);
+        assert_eq!(error_text("short"), "short");
     }
 
     #[test]

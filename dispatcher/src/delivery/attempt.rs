@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hookline_core::retry::{Decision, GONE, Verdict, classify};
-use hookline_core::retry_topics::{AttemptRecord, DeadLetter, RetryMeta};
+use hookline_core::retry_topics::{AttemptRecord, DeadLetter, RetryMeta, error_text};
 use hookline_core::status::Hold;
 use jiff::Timestamp;
 use tokio::sync::mpsc;
@@ -113,6 +113,26 @@ pub async fn forward(out: Out, source: Source, shared: Arc<Shared>) {
     });
 }
 
+/// The attempt record of `job` started at `started`, before the attempt's outcome is filled in.
+fn record(job: &Job, started: Timestamp) -> AttemptRecord {
+    AttemptRecord {
+        event_id: job.event.id.clone(),
+        event_type: job.event.event_type.clone(),
+        key: job.event.key.clone(),
+        webhook: job.endpoint.name.to_string(),
+        attempt: job.attempts + 1,
+        sent: true,
+        status: None,
+        latency_ms: 0,
+        outcome: String::new(),
+        reason: None,
+        error: None,
+        next_attempt_at: None,
+        dead_letter_reason: None,
+        time: started.to_string(),
+    }
+}
+
 /// Delivers `job` and reports what became of it.
 pub async fn deliver(job: Job, shared: Arc<Shared>) {
     let done = attempt(&job, &shared).await;
@@ -137,6 +157,15 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
         Hold::Postpone(wait) => return hold_off(job, shared, wait).await,
         Hold::DeadLetter { reason, message } => {
             shared.bury(job, reason, message, job.attempts, None).await;
+            shared.writer.record_attempt(&AttemptRecord {
+                sent: false,
+                attempt: job.attempts,
+                outcome: "dead_letter".to_owned(),
+                reason: Some(reason.to_owned()),
+                error: Some(error_text(message)),
+                dead_letter_reason: Some(reason.to_owned()),
+                ..record(job, Timestamp::now())
+            });
             return Done::Finished;
         }
     }
@@ -202,16 +231,30 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
         status,
         result.latency.as_secs_f64(),
     );
+    let next_attempt_at = match decision {
+        Decision::Retry { after, .. } => Some(
+            Timestamp::now()
+                .checked_add(jiff::SignedDuration::try_from(after).unwrap_or_default())
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        _ => None,
+    };
+    let dead_letter_reason = match decision {
+        Decision::DeadLetter { reason, .. } => Some(reason.to_owned()),
+        Decision::Gone => Some(GONE.to_owned()),
+        Decision::Delivered | Decision::Retry { .. } => None,
+    };
     shared.writer.record_attempt(&AttemptRecord {
-        event_id: job.event.id.clone(),
-        event_type: job.event.event_type.clone(),
-        webhook: endpoint.name.to_string(),
         attempt: number,
         status,
         latency_ms: u64::try_from(result.latency.as_millis()).unwrap_or(u64::MAX),
         outcome: decision.as_str().to_owned(),
         reason: reason.map(str::to_owned),
-        time: started.to_string(),
+        error: reason.map(|_| error_text(&result.message)),
+        next_attempt_at,
+        dead_letter_reason,
+        ..record(job, started)
     });
     endpoint.stats(|stats| match reason {
         None => stats.success(Timestamp::now()),

@@ -1,0 +1,7 @@
+//! `hookline-api`: the customer side of Hookline. A tenant's bearer token comes in over HTTP,
+//! is authenticated with TokenReview ([`auth`]) and passed through to the kube-apiserver for
+//! every read and write of the tenant's `Webhook`s ([`kube_as`]), so Kubernetes RBAC decides
+//! and the audit log names the person; the delivery log ([`store`]) is fed from the tenants'
+//! attempts topics ([`ingest`]) and read after a SelfSubjectAccessReview as the caller.
+
+pub mod store;
