@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(HOOKLINE_CACHE)/target
 CARGO ?= cargo
 KEEP ?= 0
 
-.PHONY: help tools build crds env-up env-down env-status test demo image clean bench
+.PHONY: help tools build crds openapi env-up env-down env-status test demo image clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,3 +48,6 @@ image: ## the container image (buildah, FROM scratch, static binaries) and a che
 clean: ## remove the run directory (not the caches)
 	localenv/down.sh || true
 	rm -rf $(HOOKLINE_CACHE)/run
+
+openapi: ## regenerate api/openapi.json from the Rust types (a unit test fails when it is stale)
+	$(CARGO) run -q -p hookline-api -- --kafka-bootstrap unused --print-openapi > api/openapi.json

@@ -93,6 +93,22 @@ pub fn scanner(base: &Settings, group: &str) -> Settings {
     )
 }
 
+/// `hookline-api`'s reader of the attempts topics: it assigns partitions itself and keeps its
+/// positions in its own store, so the group only names it (nothing is committed).
+pub fn delivery_log(base: &Settings, group: &str) -> Settings {
+    layered(
+        &[("fetch.wait.max.ms", "100")],
+        base,
+        pairs(&[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+            ("auto.offset.reset", "earliest"),
+        ]),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,6 +78,7 @@ pub struct Batch {
 /// A delivery's status: its last attempt's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "DeliveryStatus")]
 pub enum Status {
     /// The receiver answered 2xx.
     Delivered,
