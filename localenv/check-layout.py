@@ -3,9 +3,9 @@
 
 1. `hookline-core` has no I/O crate in its dependency tree (tokio, kube, rdkafka, reqwest,
    hyper, or any crate of theirs such as kube-core or hyper-util);
-2. `hookline-controller` does not depend on `hookline-dispatcher`;
-3. no module of a binary crate imports a module that imports it back (dispatcher and
-   controller): a cycle of `use crate::…` / `super::…` paths between their files.
+2. no binary crate depends on another (`hookline-controller`, `hookline-api`, `hookline-dispatcher`);
+3. no module of a binary crate imports a module that imports it back (dispatcher,
+   controller and api): a cycle of `use crate::…` / `super::…` paths between their files.
 
 Prints what is wrong and exits 1, or prints one line per check and exits 0.
 """
@@ -128,11 +128,16 @@ def main() -> int:
         problems.append(f"hookline-core depends on I/O crates: {', '.join(bad)}")
     else:
         print("hookline-core: no tokio, kube, rdkafka, reqwest or hyper in its tree")
+    for binary in ("hookline-controller", "hookline-api"):
+        deps = tree(binary)
+        for other in ("hookline-dispatcher", "hookline-controller", "hookline-api"):
+            if other != binary and other in deps:
+                problems.append(f"{binary} depends on {other}")
     if "hookline-dispatcher" in tree("hookline-controller"):
         problems.append("hookline-controller depends on hookline-dispatcher")
     else:
         print("hookline-controller: no dependency on hookline-dispatcher")
-    for crate in ("dispatcher", "controller"):
+    for crate in ("dispatcher", "controller", "api"):
         found = cycles(edges(modules(ROOT / crate / "src")))
         if found:
             for comp in found:

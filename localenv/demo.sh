@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: Hookline end to end on the local environment, as a new user would meet it.
-#   build → local Kubernetes + Kafka → helm install hookline → the fraud-decisions example
-#   (3 Webhooks, a verifying receiver, a producer) → kubectl get webhooks -A.
+#   build → local Kubernetes + Kafka → helm install hookline (controller and tenant API) → the
+#   fraud-decisions example (3 Webhooks, a verifying receiver, a producer) → kubectl get
+#   webhooks -A, and the address of the tenant API (HOOKLINE_API=http://<pod IP>:8080).
 # Leaves nothing running unless KEEP=1 (then `make env-down` stops everything).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,9 @@ localenv/tools.sh
 
 step "2/8 build Hookline (first run: ~5 min; incremental after)"
 cargo build --workspace --bins 2>&1 | grep -E '^(error|warning: unused)|Compiling hookline|Finished' || true
-test -x "$CARGO_TARGET_DIR/debug/hookline-dispatcher" || { echo "build failed: run 'cargo build --workspace --bins' to see why" >&2; exit 1; }
+for b in hookline-controller hookline-dispatcher hookline-api; do
+  test -x "$CARGO_TARGET_DIR/debug/$b" || { echo "build failed ($b is missing): run 'cargo build --workspace --bins' to see why" >&2; exit 1; }
+done
 
 started_env=0
 rx_pid=""
@@ -50,6 +53,14 @@ helm upgrade --install hookline charts/hookline --namespace hookline-system --cr
   --set delivery.allowHttp=true --set 'delivery.allowCidrs={127.0.0.0/8}' \
   --set kafka.topics.partitions=3 --set kafka.topics.replicationFactor=1
 kubectl -n hookline-system rollout status deployment/hookline-controller --timeout=120s
+kubectl -n hookline-system rollout status deployment/hookline-api --timeout=120s
+# The pod runner gives every Pod its own loopback IP (status.podIP) and Services get no
+# endpoints on loopback, so the API is reached on its Pod's IP. A Pod still terminating from
+# an earlier install has a deletionTimestamp: skip it.
+api_ip=$(kubectl -n hookline-system get pod -l app.kubernetes.io/name=hookline-api \
+  -o jsonpath='{range .items[*]}{.metadata.deletionTimestamp}{" "}{.status.podIP}{"\n"}{end}' | awk 'NF == 1 {print $1; exit}')
+[[ -n $api_ip ]] || { echo "demo: hookline-api has no running Pod; see kubectl -n hookline-system describe pods" >&2; exit 1; }
+HOOKLINE_API="http://$api_ip:8080"
 
 step "6/8 the fraud-decisions tenant: 3 Webhooks (all decisions, rejections only, reviews only)"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -85,6 +96,9 @@ step "8/8 what Kubernetes says"
 kubectl get webhooks -A
 
 cat <<EOF
+
+The tenant API (hookline-api; callers authenticate with their own Kubernetes token):
+HOOKLINE_API=$HOOKLINE_API
 
 What to try next:
   kubectl -n $NS describe webhook all-decisions                 # conditions, events, delivery status

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make image`: the container image, offline. Static release binaries (glibc, crt-static) →
 # a build context with CA roots and a passwd entry → `buildah bud` FROM scratch (vfs storage,
-# no daemon, no registry) → a check that both binaries start from the image's own filesystem.
+# no daemon, no registry) → a check that every binary starts from the image's own filesystem.
 #
 # Why the check uses chroot and not `buildah run`: on these machines crun refuses to create
 # containers ("cgroups in hybrid mode not supported"). Mounting the image and starting the
@@ -21,10 +21,10 @@ fi
 
 echo "==> static release build (cold: ~8 min on 2 cores)"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu \
-  -p hookline-controller -p hookline-dispatcher
+  -p hookline-controller -p hookline-dispatcher -p hookline-api
 ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/bin"
-for b in hookline-controller hookline-dispatcher; do
+for b in hookline-controller hookline-dispatcher hookline-api; do
   cp "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/$b" "$ctx/bin/"
   if [[ $(ldd "$ctx/bin/$b" 2>&1) == *'=>'* ]]; then echo "image: $b is not static" >&2; exit 1; fi
 done
@@ -40,7 +40,7 @@ c=$("${B[@]}" from "$TAG")
 cleanup() { "${B[@]}" umount "$c" >/dev/null 2>&1 || true; "${B[@]}" rm "$c" >/dev/null 2>&1 || true; rm -rf "$ctx"; }
 trap cleanup EXIT
 root=$("${B[@]}" mount "$c")
-for b in hookline-controller hookline-dispatcher; do
+for b in hookline-controller hookline-dispatcher hookline-api; do
   out=$(chroot --userspec=65532:65532 "$root" "/usr/local/bin/$b" --version)
   echo "  $b: $out"
   [[ $out == "$b "* ]] || { echo "image: $b did not start from the image" >&2; exit 1; }

@@ -97,7 +97,9 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, Problem> {
         .to_str()
         .map_err(|_| Problem::unauthorized("the Authorization header is not text"))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(token.trim())
         }
         _ => Err(Problem::unauthorized(

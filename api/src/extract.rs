@@ -10,9 +10,9 @@ use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use crate::app::App;
 use crate::auth::Caller;
 use crate::problem::Problem;
-use crate::routes::App;
 
 impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = Problem;

@@ -195,7 +195,11 @@ impl Ingest {
             next.insert((topic.to_owned(), partition), offset + 1);
             match parse(topic, partition, offset, msg.payload()) {
                 Some(r) => batch.records.push(r),
-                None => self.metrics.skipped.with_label_values(&["unparsable"]).inc(),
+                None => self
+                    .metrics
+                    .skipped
+                    .with_label_values(&["unparsable"])
+                    .inc(),
             }
         }
         batch.positions = next
@@ -219,7 +223,10 @@ mod tests {
         let json = br#"{"eventId":"e","eventType":"t","webhook":"w","attempt":1,"status":200,
                         "latencyMs":3,"outcome":"delivered","reason":null,"time":"2026-12-01T00:00:00Z"}"#;
         let got = parse("hookline.acme.attempts", 2, 7, Some(json)).unwrap();
-        assert_eq!((got.tenant.as_str(), got.partition, got.offset), ("acme", 2, 7));
+        assert_eq!(
+            (got.tenant.as_str(), got.partition, got.offset),
+            ("acme", 2, 7)
+        );
         assert!(parse("hookline.acme.events", 0, 0, Some(json)).is_none());
         assert!(parse("hookline.acme.attempts", 0, 0, Some(b"{not json")).is_none());
         assert!(parse("hookline.acme.attempts", 0, 0, None).is_none());

@@ -78,8 +78,11 @@ const STRICT: &str = "fieldValidation=Strict";
 impl AsCaller<'_> {
     async fn call<T: DeserializeOwned>(&self, req: Request<Vec<u8>>) -> kube::Result<T> {
         let mut req = req;
-        let value = HeaderValue::from_str(&format!("Bearer {}", self.token))
-            .map_err(|_| kube::Error::BuildRequest(RequestError::Validation("the token is not a header value".into())))?;
+        let value = HeaderValue::from_str(&format!("Bearer {}", self.token)).map_err(|_| {
+            kube::Error::BuildRequest(RequestError::Validation(
+                "the token is not a header value".into(),
+            ))
+        })?;
         req.headers_mut().insert(header::AUTHORIZATION, value);
         self.kube.bare.request(req).await
     }

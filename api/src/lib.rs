@@ -6,6 +6,7 @@
 //! ([`routes`]). Request and response types live in [`model`], errors in [`problem`], and the
 //! OpenAPI document is generated from them ([`openapi`]).
 
+pub mod app;
 pub mod auth;
 pub mod extract;
 pub mod ingest;

@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use hookline_api::app::App;
 use hookline_api::auth::Auth;
 use hookline_api::ingest::Ingest;
 use hookline_api::kube_as::Kube;
+use hookline_api::openapi;
 use hookline_api::ops::{self, Health, Metrics};
-use hookline_api::routes::{self, App};
+use hookline_api::routes;
 use hookline_api::settings::Settings;
 use hookline_api::store::DeliveryLog;
 use hookline_api::store::sqlite::SqliteStore;
-use hookline_api::openapi;
 use jiff::Timestamp;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;

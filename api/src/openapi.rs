@@ -48,60 +48,172 @@ const MERGE: &[&str] = &["application/merge-patch+json", "application/json"];
 const WRITE: &[(u16, &str)] = &[
     (409, "The Webhook exists already, or changed meanwhile"),
     (412, "`If-Match` names a version that is no longer current"),
-    (422, "The cluster refused the Webhook; `errors` names each field"),
+    (
+        422,
+        "The cluster refused the Webhook; `errors` names each field",
+    ),
 ];
 
 /// Every operation of `/api/v1` (the router must route each; a test checks it).
 pub const OPERATIONS: &[Op] = &[
-    Op { method: "get", path: "/api/v1/tenants/{tenant}/webhooks", id: "listWebhooks",
-         summary: "List the tenant's Webhooks",
-         description: "Every Webhook custom resource of the tenant (namespace), read with the caller's own token: what `kubectl get webhooks -n <tenant>` shows.",
-         query: None, body: None, ok: (200, "The Webhooks", Some(s::<WebhookList>)), problems: &[] },
-    Op { method: "post", path: "/api/v1/tenants/{tenant}/webhooks", id: "createWebhook",
-         summary: "Create a Webhook",
-         description: "Creates the Webhook custom resource. The cluster validates it field by field (unknown fields are refused); the controller then provisions its signing Secret and reports readiness in `status`.",
-         query: None, body: Some((s::<WebhookCreate>, JSON)), ok: (201, "Created; `Location` and `ETag` are set", Some(s::<WebhookView>)), problems: WRITE },
-    Op { method: "get", path: "/api/v1/tenants/{tenant}/webhooks/{name}", id: "getWebhook",
-         summary: "Get a Webhook", description: "With its status; the `ETag` is its `resourceVersion`.",
-         query: None, body: None, ok: (200, "The Webhook", Some(s::<WebhookView>)), problems: &[] },
-    Op { method: "put", path: "/api/v1/tenants/{tenant}/webhooks/{name}", id: "replaceWebhook",
-         summary: "Replace a Webhook's labels and spec",
-         description: "Send `If-Match: \"<resourceVersion>\"` (or `resourceVersion` in the body) to change it only if nobody else did since you read it.",
-         query: None, body: Some((s::<WebhookReplace>, JSON)), ok: (200, "The Webhook", Some(s::<WebhookView>)), problems: WRITE },
-    Op { method: "patch", path: "/api/v1/tenants/{tenant}/webhooks/{name}", id: "patchWebhook",
-         summary: "Change some fields of a Webhook (JSON merge patch)",
-         description: "`{\"spec\": {\"paused\": true}}` pauses it; `null` removes a field. `If-Match` makes it conditional.",
-         query: None, body: Some((s::<WebhookPatch>, MERGE)), ok: (200, "The Webhook", Some(s::<WebhookView>)), problems: WRITE },
-    Op { method: "delete", path: "/api/v1/tenants/{tenant}/webhooks/{name}", id: "deleteWebhook",
-         summary: "Delete a Webhook", description: "Deliveries to it stop; its generated Secret goes with it. `If-Match` makes it conditional.",
-         query: None, body: None, ok: (204, "Deleted", None), problems: &[(409, "Changed meanwhile"), (412, "`If-Match` names a version that is no longer current")] },
-    Op { method: "post", path: "/api/v1/tenants/{tenant}/webhooks/{name}/test", id: "testWebhook",
-         summary: "Send a signed test event to the Webhook's URL",
-         description: "A `webhook.test` event, signed like every delivery and kept out of the delivery log. Answers 200 with the outcome once the dispatcher reports it, or 202 with a `Location` to poll.",
-         query: None, body: None, ok: (200, "The outcome (202: still pending, poll `Location`)", Some(s::<TestResult>)), problems: &[(202, "Sent for; poll `Location`")] },
-    Op { method: "get", path: "/api/v1/tenants/{tenant}/webhooks/{name}/test/{id}", id: "getWebhookTest",
-         summary: "The outcome of a test send", description: "Only the latest test of a Webhook is kept.",
-         query: None, body: None, ok: (200, "The outcome (202 while pending)", Some(s::<TestResult>)), problems: &[(202, "Still pending")] },
-    Op { method: "post", path: "/api/v1/tenants/{tenant}/webhooks/{name}/rotate-secret", id: "rotateWebhookSecret",
-         summary: "Rotate the Webhook's generated signing secret",
-         description: "A new key becomes current; deliveries are signed with both keys for the platform's overlap (24 h by default), so receivers can switch without a gap.",
-         query: None, body: None, ok: (202, "Rotation requested", Some(s::<RotationRequested>)), problems: &[(409, "The Webhook uses its own Secret (`spec.secretRef`)")] },
-    Op { method: "get", path: "/api/v1/tenants/{tenant}/webhooks/{name}/secret", id: "getWebhookSecret",
-         summary: "The Webhook's signing secret",
-         description: "Needs `get secrets` in the tenant (the `hookline-tenant-edit` role has it; `hookline-tenant-view` does not).",
-         query: None, body: None, ok: (200, "The keys receivers verify with", Some(s::<SecretView>)), problems: &[] },
-    Op { method: "get", path: "/api/v1/tenants/{tenant}/deliveries", id: "listDeliveries",
-         summary: "The delivery log, newest first",
-         description: "One entry per event and Webhook. Needs `list deliveries.hookline.dev` in the tenant. Pass `nextCursor` as `cursor` for the next page.",
-         query: Some(s::<DeliveriesQuery>), body: None, ok: (200, "A page of deliveries", Some(s::<DeliveryPage>)), problems: &[] },
-    Op { method: "get", path: "/api/v1/tenants/{tenant}/deliveries/{eventId}", id: "getEventDeliveries",
-         summary: "What became of one event at every Webhook it matched",
-         description: "Each attempt's time, number, outcome, HTTP status, latency and error, the next retry and the dead-letter reason. Needs `get deliveries.hookline.dev`.",
-         query: None, body: None, ok: (200, "The event's deliveries", Some(s::<EventDeliveries>)), problems: &[] },
-    Op { method: "get", path: "/api/v1/tenants/{tenant}/stats", id: "getStats",
-         summary: "Delivered, failed, retrying and dead-lettered counts and latency percentiles over time",
-         description: "Needs `list deliveries.hookline.dev`. Percentiles are upper bounds of fixed histogram buckets.",
-         query: Some(s::<StatsQuery>), body: None, ok: (200, "The window's buckets and totals", Some(s::<StatsView>)), problems: &[] },
+    Op {
+        method: "get",
+        path: "/api/v1/tenants/{tenant}/webhooks",
+        id: "listWebhooks",
+        summary: "List the tenant's Webhooks",
+        description: "Every Webhook custom resource of the tenant (namespace), read with the caller's own token: what `kubectl get webhooks -n <tenant>` shows.",
+        query: None,
+        body: None,
+        ok: (200, "The Webhooks", Some(s::<WebhookList>)),
+        problems: &[],
+    },
+    Op {
+        method: "post",
+        path: "/api/v1/tenants/{tenant}/webhooks",
+        id: "createWebhook",
+        summary: "Create a Webhook",
+        description: "Creates the Webhook custom resource. The cluster validates it field by field (unknown fields are refused); the controller then provisions its signing Secret and reports readiness in `status`.",
+        query: None,
+        body: Some((s::<WebhookCreate>, JSON)),
+        ok: (
+            201,
+            "Created; `Location` and `ETag` are set",
+            Some(s::<WebhookView>),
+        ),
+        problems: WRITE,
+    },
+    Op {
+        method: "get",
+        path: "/api/v1/tenants/{tenant}/webhooks/{name}",
+        id: "getWebhook",
+        summary: "Get a Webhook",
+        description: "With its status; the `ETag` is its `resourceVersion`.",
+        query: None,
+        body: None,
+        ok: (200, "The Webhook", Some(s::<WebhookView>)),
+        problems: &[],
+    },
+    Op {
+        method: "put",
+        path: "/api/v1/tenants/{tenant}/webhooks/{name}",
+        id: "replaceWebhook",
+        summary: "Replace a Webhook's labels and spec",
+        description: "Send `If-Match: \"<resourceVersion>\"` (or `resourceVersion` in the body) to change it only if nobody else did since you read it.",
+        query: None,
+        body: Some((s::<WebhookReplace>, JSON)),
+        ok: (200, "The Webhook", Some(s::<WebhookView>)),
+        problems: WRITE,
+    },
+    Op {
+        method: "patch",
+        path: "/api/v1/tenants/{tenant}/webhooks/{name}",
+        id: "patchWebhook",
+        summary: "Change some fields of a Webhook (JSON merge patch)",
+        description: "`{\"spec\": {\"paused\": true}}` pauses it; `null` removes a field. `If-Match` makes it conditional.",
+        query: None,
+        body: Some((s::<WebhookPatch>, MERGE)),
+        ok: (200, "The Webhook", Some(s::<WebhookView>)),
+        problems: WRITE,
+    },
+    Op {
+        method: "delete",
+        path: "/api/v1/tenants/{tenant}/webhooks/{name}",
+        id: "deleteWebhook",
+        summary: "Delete a Webhook",
+        description: "Deliveries to it stop; its generated Secret goes with it. `If-Match` makes it conditional.",
+        query: None,
+        body: None,
+        ok: (204, "Deleted", None),
+        problems: &[
+            (409, "Changed meanwhile"),
+            (412, "`If-Match` names a version that is no longer current"),
+        ],
+    },
+    Op {
+        method: "post",
+        path: "/api/v1/tenants/{tenant}/webhooks/{name}/test",
+        id: "testWebhook",
+        summary: "Send a signed test event to the Webhook's URL",
+        description: "A `webhook.test` event, signed like every delivery and kept out of the delivery log. Answers 200 with the outcome once the dispatcher reports it, or 202 with a `Location` to poll.",
+        query: None,
+        body: None,
+        ok: (
+            200,
+            "The outcome (202: still pending, poll `Location`)",
+            Some(s::<TestResult>),
+        ),
+        problems: &[(202, "Sent for; poll `Location`")],
+    },
+    Op {
+        method: "get",
+        path: "/api/v1/tenants/{tenant}/webhooks/{name}/test/{id}",
+        id: "getWebhookTest",
+        summary: "The outcome of a test send",
+        description: "Only the latest test of a Webhook is kept.",
+        query: None,
+        body: None,
+        ok: (
+            200,
+            "The outcome (202 while pending)",
+            Some(s::<TestResult>),
+        ),
+        problems: &[(202, "Still pending")],
+    },
+    Op {
+        method: "post",
+        path: "/api/v1/tenants/{tenant}/webhooks/{name}/rotate-secret",
+        id: "rotateWebhookSecret",
+        summary: "Rotate the Webhook's generated signing secret",
+        description: "A new key becomes current; deliveries are signed with both keys for the platform's overlap (24 h by default), so receivers can switch without a gap.",
+        query: None,
+        body: None,
+        ok: (202, "Rotation requested", Some(s::<RotationRequested>)),
+        problems: &[(409, "The Webhook uses its own Secret (`spec.secretRef`)")],
+    },
+    Op {
+        method: "get",
+        path: "/api/v1/tenants/{tenant}/webhooks/{name}/secret",
+        id: "getWebhookSecret",
+        summary: "The Webhook's signing secret",
+        description: "Needs `get secrets` in the tenant (the `hookline-tenant-edit` role has it; `hookline-tenant-view` does not).",
+        query: None,
+        body: None,
+        ok: (200, "The keys receivers verify with", Some(s::<SecretView>)),
+        problems: &[],
+    },
+    Op {
+        method: "get",
+        path: "/api/v1/tenants/{tenant}/deliveries",
+        id: "listDeliveries",
+        summary: "The delivery log, newest first",
+        description: "One entry per event and Webhook. Needs `list deliveries.hookline.dev` in the tenant. Pass `nextCursor` as `cursor` for the next page.",
+        query: Some(s::<DeliveriesQuery>),
+        body: None,
+        ok: (200, "A page of deliveries", Some(s::<DeliveryPage>)),
+        problems: &[],
+    },
+    Op {
+        method: "get",
+        path: "/api/v1/tenants/{tenant}/deliveries/{eventId}",
+        id: "getEventDeliveries",
+        summary: "What became of one event at every Webhook it matched",
+        description: "Each attempt's time, number, outcome, HTTP status, latency and error, the next retry and the dead-letter reason. Needs `get deliveries.hookline.dev`.",
+        query: None,
+        body: None,
+        ok: (200, "The event's deliveries", Some(s::<EventDeliveries>)),
+        problems: &[],
+    },
+    Op {
+        method: "get",
+        path: "/api/v1/tenants/{tenant}/stats",
+        id: "getStats",
+        summary: "Delivered, failed, retrying and dead-lettered counts and latency percentiles over time",
+        description: "Needs `list deliveries.hookline.dev`. Percentiles are upper bounds of fixed histogram buckets.",
+        query: Some(s::<StatsQuery>),
+        body: None,
+        ok: (200, "The window's buckets and totals", Some(s::<StatsView>)),
+        problems: &[],
+    },
 ];
 
 fn path_params(path: &str) -> Vec<Value> {
@@ -165,7 +277,10 @@ pub fn document() -> Value {
         if let Some(b) = body {
             ok["content"] = json!({"application/json": {"schema": b(&mut g)}});
         }
-        if matches!(op.method, "get" | "post" | "put" | "patch") && op.path.contains("{name}") && !op.path.ends_with("}/test") {
+        if matches!(op.method, "get" | "post" | "put" | "patch")
+            && op.path.contains("{name}")
+            && !op.path.ends_with("}/test")
+        {
             ok["headers"] = json!({"ETag": {"description": "The resourceVersion, for If-Match", "schema": {"type": "string"}}});
         }
         responses.insert(code.to_string(), ok);
@@ -183,7 +298,10 @@ pub fn document() -> Value {
         }
         responses.insert(
             "default".into(),
-            problem_response(&mut g, "Any other problem (405, 429, …), as RFC 9457 problem details"),
+            problem_response(
+                &mut g,
+                "Any other problem (405, 429, …), as RFC 9457 problem details",
+            ),
         );
         let mut operation = json!({
             "operationId": op.id, "summary": op.summary, "description": op.description,
@@ -204,9 +322,7 @@ pub fn document() -> Value {
                 .collect();
             operation["requestBody"] = json!({"required": true, "content": content});
         }
-        let entry = paths
-            .entry(op.path.to_owned())
-            .or_insert_with(|| json!({}));
+        let entry = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
         entry[op.method] = operation;
     }
     paths.insert(
@@ -269,7 +385,10 @@ mod tests {
             assert!(schemas.contains_key(name), "{r} does not resolve");
         }
         let spec = &schemas["WebhookView"]["properties"]["spec"]["properties"];
-        assert!(spec["url"].is_object(), "the CRD's spec schema is in the document");
+        assert!(
+            spec["url"].is_object(),
+            "the CRD's spec schema is in the document"
+        );
     }
 
     #[test]
@@ -279,7 +398,16 @@ mod tests {
             .as_array()
             .unwrap();
         let names: Vec<&str> = params.iter().map(|p| p["name"].as_str().unwrap()).collect();
-        for n in ["tenant", "webhook", "status", "eventType", "since", "until", "cursor", "limit"] {
+        for n in [
+            "tenant",
+            "webhook",
+            "status",
+            "eventType",
+            "since",
+            "until",
+            "cursor",
+            "limit",
+        ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
     }

@@ -53,13 +53,21 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("hookline_api_requests_total", "API requests by route, method and status code"),
+            Opts::new(
+                "hookline_api_requests_total",
+                "API requests by route, method and status code",
+            ),
             &["route", "method", "code"],
         )
         .expect("metric");
         let request_seconds = HistogramVec::new(
-            HistogramOpts::new("hookline_api_request_duration_seconds", "API request latency by route")
-                .buckets(vec![0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+            HistogramOpts::new(
+                "hookline_api_request_duration_seconds",
+                "API request latency by route",
+            )
+            .buckets(vec![
+                0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
             &["route"],
         )
         .expect("metric");
@@ -69,13 +77,21 @@ impl Metrics {
         )
         .expect("metric");
         let skipped = IntCounterVec::new(
-            Opts::new("hookline_api_ingest_skipped_total", "Attempt records skipped, by reason"),
+            Opts::new(
+                "hookline_api_ingest_skipped_total",
+                "Attempt records skipped, by reason",
+            ),
             &["reason"],
         )
         .expect("metric");
         let apply_seconds = Histogram::with_opts(
-            HistogramOpts::new("hookline_api_store_batch_seconds", "Time to store one batch of attempt records")
-                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+            HistogramOpts::new(
+                "hookline_api_store_batch_seconds",
+                "Time to store one batch of attempt records",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
         )
         .expect("metric");
         let partitions = IntGauge::new(
@@ -83,8 +99,9 @@ impl Metrics {
             "Partitions of attempts topics read into the delivery log",
         )
         .expect("metric");
-        let store_bytes = IntGauge::new("hookline_api_store_bytes", "Size of the delivery log file")
-            .expect("metric");
+        let store_bytes =
+            IntGauge::new("hookline_api_store_bytes", "Size of the delivery log file")
+                .expect("metric");
         let auth_lookups = IntCounterVec::new(
             Opts::new(
                 "hookline_api_auth_lookups_total",

@@ -42,7 +42,7 @@ pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
     /// A short summary of the kind of problem.
-    pub title: String,
+    pub title: &'static str,
     /// The HTTP status code.
     pub status: u16,
     /// What went wrong here, for a person.
@@ -52,7 +52,7 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     /// The permission that was missing, for a 403.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub missing: Option<Access>,
+    pub missing: Option<Box<Access>>,
     /// Seconds to wait before retrying, for a 503.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub retry_after: Option<u64>,
@@ -63,7 +63,7 @@ impl Problem {
     pub fn new(status: StatusCode, slug: &str, detail: impl Into<String>) -> Problem {
         Problem {
             kind: format!("{TYPE_BASE}{slug}"),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
@@ -96,7 +96,7 @@ impl Problem {
     /// 403: RBAC refused `access`.
     pub fn forbidden(access: Access, detail: impl Into<String>) -> Problem {
         let mut p = Problem::new(StatusCode::FORBIDDEN, "forbidden", detail);
-        p.missing = Some(access);
+        p.missing = Some(Box::new(access));
         p
     }
 
@@ -107,7 +107,11 @@ impl Problem {
 
     /// 412: an `If-Match` precondition failed.
     pub fn precondition(detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::PRECONDITION_FAILED, "precondition-failed", detail)
+        Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition-failed",
+            detail,
+        )
     }
 
     /// 503: a dependency (the kube-apiserver, the store) is unavailable; retry later.
@@ -196,13 +200,22 @@ impl IntoResponse for Problem {
 /// The problems an operation may answer with, by status, for the OpenAPI document.
 pub fn documented() -> BTreeMap<u16, &'static str> {
     BTreeMap::from([
-        (400, "The request is malformed: a bad parameter, body, cursor or time range"),
+        (
+            400,
+            "The request is malformed: a bad parameter, body, cursor or time range",
+        ),
         (401, "No bearer token, or one the cluster does not accept"),
-        (403, "The caller's RBAC does not allow this; `missing` names the permission"),
+        (
+            403,
+            "The caller's RBAC does not allow this; `missing` names the permission",
+        ),
         (404, "No such tenant object"),
         (413, "The body is larger than the API accepts"),
         (415, "The body is not JSON"),
-        (503, "The Kubernetes API or the delivery log is unavailable; retry after `Retry-After`"),
+        (
+            503,
+            "The Kubernetes API or the delivery log is unavailable; retry after `Retry-After`",
+        ),
     ])
 }
 
@@ -249,7 +262,11 @@ mod tests {
     #[test]
     fn a_validation_refusal_keeps_its_fields() {
         let p = Problem::from_kube(
-            status(422, "Webhook is invalid", vec![("spec.url", "must be https")]),
+            status(
+                422,
+                "Webhook is invalid",
+                vec![("spec.url", "must be https")],
+            ),
             &access(),
         );
         assert_eq!(p.status, 422);
@@ -274,7 +291,7 @@ mod tests {
     fn a_refusal_by_rbac_names_the_missing_permission() {
         let p = Problem::from_kube(status(403, "forbidden", vec![]), &access());
         assert_eq!(p.status, 403);
-        assert_eq!(p.missing, Some(access()));
+        assert_eq!(p.missing, Some(Box::new(access())));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! observes it through [`receiver::Receiver`], [`pods`] and [`wait::until`] → on failure,
 //! [`LogDump`] prints the tails of the component and Pod logs.
 
+pub mod api;
 pub mod crd;
 pub mod dispatcher;
 pub mod events;

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
 
-use super::App;
+use crate::app::App;
 use crate::auth::Caller;
 use crate::extract::{Named, Params, Tenant};
 use crate::model::{DeliveriesQuery, DeliveryPage, EventDeliveries, StatsQuery, StatsView, Window};
@@ -33,7 +33,12 @@ pub fn encode_cursor(c: Cursor) -> String {
 /// # Errors
 /// 400 naming `cursor` for anything else.
 pub fn decode_cursor(s: &str) -> Result<Cursor, Problem> {
-    let bad = || Problem::field("cursor", "not a cursor this API returned (pass nextCursor as it is)");
+    let bad = || {
+        Problem::field(
+            "cursor",
+            "not a cursor this API returned (pass nextCursor as it is)",
+        )
+    };
     let text = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
     let text = String::from_utf8(text).map_err(|_| bad())?;
     let (a, b) = text.split_once('.').ok_or_else(bad)?;
@@ -147,7 +152,11 @@ pub async fn stats(
     let webhook = q.webhook.clone();
     let stats =
         blocking(move || store.stats(&tenant, webhook.as_deref(), from, to, bucket_ms)).await?;
-    let rfc = |ms: i64| Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default();
+    let rfc = |ms: i64| {
+        Timestamp::from_millisecond(ms)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
     Ok(Json(StatsView {
         from: rfc(from),
         to: rfc(to),
@@ -184,9 +193,18 @@ mod tests {
         let t2 = "2026-12-01T11:00:00Z";
         assert!(plan(&q(t1, t2, None)).is_ok());
         assert_eq!(plan(&q(t2, t1, None)).unwrap_err().errors[0].field, "until");
-        assert_eq!(plan(&q(t1, "yesterday", None)).unwrap_err().errors[0].field, "until");
-        assert_eq!(plan(&q(t1, t2, Some(0))).unwrap_err().errors[0].field, "limit");
-        assert_eq!(plan(&q(t1, t2, Some(501))).unwrap_err().errors[0].field, "limit");
+        assert_eq!(
+            plan(&q(t1, "yesterday", None)).unwrap_err().errors[0].field,
+            "until"
+        );
+        assert_eq!(
+            plan(&q(t1, t2, Some(0))).unwrap_err().errors[0].field,
+            "limit"
+        );
+        assert_eq!(
+            plan(&q(t1, t2, Some(501))).unwrap_err().errors[0].field,
+            "limit"
+        );
         assert_eq!(plan(&q(t1, t2, Some(500))).unwrap().2, 500);
     }
 }

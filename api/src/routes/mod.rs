@@ -7,38 +7,17 @@ pub mod deliveries;
 pub mod webhooks;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 
-use crate::auth::Auth;
-use crate::kube_as::Kube;
-use crate::ops::Metrics;
+use crate::app::App;
 use crate::problem::Problem;
-use crate::store::DeliveryLog;
-
-/// What every handler needs.
-pub struct App {
-    /// The kube-apiserver, as the caller.
-    pub kube: Kube,
-    /// Authentication and delivery-log access.
-    pub auth: Auth,
-    /// The delivery log.
-    pub store: Arc<dyn DeliveryLog>,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Largest body accepted.
-    pub max_body: usize,
-    /// How long a test send is waited for.
-    pub test_wait: Duration,
-    /// The OpenAPI document, rendered once.
-    pub openapi: String,
-}
 
 async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = req
@@ -105,7 +84,10 @@ pub fn router(app: Arc<App>) -> Router {
             &format!("{T}/webhooks/{{name}}/rotate-secret"),
             post(webhooks::rotate),
         )
-        .route(&format!("{T}/webhooks/{{name}}/secret"), get(webhooks::secret))
+        .route(
+            &format!("{T}/webhooks/{{name}}/secret"),
+            get(webhooks::secret),
+        )
         .route(&format!("{T}/deliveries"), get(deliveries::list))
         .route(
             &format!("{T}/deliveries/{{eventId}}"),

@@ -15,12 +15,12 @@ use hookline_core::secret::{ANN_GENERATION, ANN_PREVIOUS_VALID_UNTIL, KEY_CURREN
 use hookline_crds::{Webhook, annotations};
 use serde_json::json;
 
-use super::App;
+use crate::app::App;
 use crate::auth::{Caller, GROUP};
 use crate::extract::{Body, Named, Named3, Tenant, is_subdomain};
 use crate::model::{
-    RotationRequested, SecretView, TestResult, TestState, WebhookCreate, WebhookList,
-    WebhookPatch, WebhookReplace, WebhookView,
+    RotationRequested, SecretView, TestResult, TestState, WebhookCreate, WebhookList, WebhookPatch,
+    WebhookReplace, WebhookView,
 };
 use crate::problem::{Access, Problem};
 
@@ -113,10 +113,9 @@ pub async fn create(
         .await
         .map_err(|e| Problem::from_kube(e, &access("create", "webhooks", &tenant)))?;
     let mut res = with_etag(StatusCode::CREATED, WebhookView::of(w));
-    if let Ok(loc) = HeaderValue::from_str(&format!(
-        "/api/v1/tenants/{tenant}/webhooks/{}",
-        body.name
-    )) {
+    if let Ok(loc) =
+        HeaderValue::from_str(&format!("/api/v1/tenants/{tenant}/webhooks/{}", body.name))
+    {
         res.headers_mut().insert(header::LOCATION, loc);
     }
     Ok(res)
@@ -169,7 +168,11 @@ pub async fn replace(
         (a, b) => a.or(b),
     };
     let current = get_one(&app, &caller, &tenant, &n).await?;
-    let rv = current.metadata.resource_version.clone().unwrap_or_default();
+    let rv = current
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap_or_default();
     if let Some(w) = &wanted
         && *w != rv
     {
@@ -330,8 +333,11 @@ pub async fn test_status(
     Named3(tenant, n, id): Named3,
 ) -> Result<Response, Problem> {
     let w = get_one(&app, &caller, &tenant, &n).await?;
-    let r = test_result(&w, &id)
-        .ok_or_else(|| Problem::not_found(format!("no test {id:?} of Webhook {n:?} (only the latest is kept)")))?;
+    let r = test_result(&w, &id).ok_or_else(|| {
+        Problem::not_found(format!(
+            "no test {id:?} of Webhook {n:?} (only the latest is kept)"
+        ))
+    })?;
     Ok(test_response(&tenant, &n, r))
 }
 

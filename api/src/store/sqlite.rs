@@ -104,8 +104,7 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let has_tables: i64 =
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    let has_tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
     if has_tables > 0 && version != SCHEMA_VERSION {
         return Err(rusqlite::Error::InvalidQuery);
     }
@@ -124,8 +123,7 @@ impl SqliteStore {
         let writer = match open_writer(path) {
             Ok(c) => c,
             Err(e) => {
-                let aside =
-                    path.with_extension(format!("broken-{}", Timestamp::now().as_second()));
+                let aside = path.with_extension(format!("broken-{}", Timestamp::now().as_second()));
                 warn!(store = %path.display(), error = %e, aside = %aside.display(),
                       "the delivery log is unreadable or of another version; rebuilding it from Kafka");
                 std::fs::rename(path, &aside).map_err(|e| StoreError(e.to_string()))?;
@@ -240,7 +238,8 @@ fn add_rollup(tx: &rusqlite::Transaction<'_>, minutes: Minutes) -> rusqlite::Res
         "SELECT delivered, failed, retrying, dead_lettered, hist FROM rollup
          WHERE tenant = ?1 AND webhook = ?2 AND minute = ?3",
     )?;
-    let mut put = tx.prepare_cached("INSERT OR REPLACE INTO rollup VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
+    let mut put =
+        tx.prepare_cached("INSERT OR REPLACE INTO rollup VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
     for ((tenant, webhook, minute), add) in minutes {
         let mut m = get
             .query_row(params![tenant, webhook, minute], |r| minute_row(r, 0))
@@ -413,11 +412,7 @@ impl DeliveryLog for SqliteStore {
         }
         if let Some(c) = after {
             push(&mut sql, " AND (first_ms < ?", c.first_ms.into());
-            push(
-                &mut sql,
-                " OR (first_ms = ? AND id < ",
-                c.first_ms.into(),
-            );
+            push(&mut sql, " OR (first_ms = ? AND id < ", c.first_ms.into());
             push(&mut sql, "?))", c.seq.into());
         }
         push(

@@ -101,7 +101,10 @@ fn an_event_shows_each_webhook_with_its_attempts_in_order_and_the_dead_letter_re
         Some("1970-01-01T00:01:45Z")
     );
     assert_eq!(d[1].delivery.status, Status::Delivered);
-    assert!(s.event("other", "e1").unwrap().is_empty(), "tenants are apart");
+    assert!(
+        s.event("other", "e1").unwrap().is_empty(),
+        "tenants are apart"
+    );
 }
 
 #[test]
@@ -110,7 +113,10 @@ fn the_list_is_newest_first_and_pages_without_gaps_or_repeats() {
     let recs = (0..25)
         .map(|i| {
             // Pairs of events share a second, so the cursor's tie-breaker is exercised.
-            (i, rec(&format!("e{i:02}"), "w", 1, "delivered", 1000 + i / 2))
+            (
+                i,
+                rec(&format!("e{i:02}"), "w", 1, "delivered", 1000 + i / 2),
+            )
         })
         .collect();
     s.apply(&batch(recs)).unwrap();
@@ -226,8 +232,11 @@ fn a_file_that_is_not_a_store_is_moved_aside_and_a_new_one_made() {
     let dir = std::env::temp_dir().join(format!("hookline-api-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("log.db");
-    std::fs::write(&path, b"this is not sqlite, it is long enough to be read as a header....")
-        .unwrap();
+    std::fs::write(
+        &path,
+        b"this is not sqlite, it is long enough to be read as a header....",
+    )
+    .unwrap();
     let s = SqliteStore::open(&path).unwrap();
     assert!(s.positions().unwrap().is_empty());
     let aside = std::fs::read_dir(&dir)

@@ -1,9 +1,11 @@
-//! One container's life as a host process. A [`ContainerTask`] resolves the environment
-//! (ConfigMaps and Secrets fetched, `CreateContainerConfigError` and a retry when one is
-//! missing), expands and resolves the command line, starts the process, runs its startup,
-//! readiness and liveness probes, and restarts it per `restartPolicy` with kubelet-like
-//! backoff. Every change of its [`ContainerRecord`] goes to the pod task, which writes the
-//! Pod status. A stop request (with a grace period) ends the process with SIGTERM, then SIGKILL.
+//! One container's life as a host process. A [`ContainerTask`] makes its volume directories
+//! (a mount the runner cannot make leaves it waiting in `ContainerCreating`), resolves the
+//! environment (ConfigMaps and Secrets fetched, `CreateContainerConfigError` and a retry when
+//! one is missing), expands the command line and rewrites mount paths in it and in the env
+//! ([`crate::volumes`]), starts the process, runs its startup, readiness and liveness probes,
+//! and restarts it per `restartPolicy` with kubelet-like backoff. Every change of its
+//! [`ContainerRecord`] goes to the pod task, which writes the Pod status. A stop request (with
+//! a grace period) ends the process with SIGTERM, then SIGKILL.
 
 use std::{path::PathBuf, process::ExitStatus, sync::Arc, time::Duration};
 
@@ -26,6 +28,7 @@ use crate::{
     process,
     runner::Ctx,
     status::{ContainerRecord, State, now},
+    volumes::{self, Mount},
 };
 
 /// How long to wait before retrying a container whose config could not be resolved.
@@ -88,6 +91,9 @@ pub struct ContainerTask {
     pub spec: Container,
     /// The current record (initially `ContainerCreating`).
     pub record: ContainerRecord,
+    /// The container's directory-backed volume mounts ([`volumes::plan`]), or why the runner
+    /// cannot make them.
+    pub mounts: Result<Vec<Mount>, String>,
     /// Where record changes go.
     pub updates: mpsc::UnboundedSender<(usize, ContainerRecord)>,
     /// `Some(grace)` once the container must stop.
@@ -120,7 +126,14 @@ impl ContainerTask {
         self.view.dir.join(format!("{}.{ext}", self.spec.name))
     }
 
-    /// The container's environment, or the message of a `CreateContainerConfigError`.
+    /// The directory-backed mounts (none when they could not be made: then the container
+    /// never starts).
+    fn mounts(&self) -> &[Mount] {
+        self.mounts.as_deref().unwrap_or_default()
+    }
+
+    /// The container's environment as the Pod spec gives it (mount paths not yet rewritten),
+    /// or the message of a `CreateContainerConfigError`.
     async fn environment(&self) -> Result<Vec<(String, String)>, String> {
         let ns = self
             .view
@@ -157,6 +170,18 @@ impl ContainerTask {
             self.grace_on_stop().await;
             return;
         };
+        let made = match &self.mounts {
+            Ok(mounts) => volumes::create(mounts).map_err(|e| e.to_string()),
+            Err(msg) => Err(msg.clone()),
+        };
+        if let Err(msg) = made {
+            // Volumes never change in a Pod's life: no retry, as for an unknown image.
+            tracing::warn!(pod = %self.view.key, container = %self.spec.name, %msg, "cannot make volume mounts");
+            self.record.state = State::waiting("ContainerCreating", msg);
+            self.send();
+            self.grace_on_stop().await;
+            return;
+        }
         let mut backoff = Backoff::new(self.ctx.backoff);
         let mut first = true;
         while self.stopping().is_none() {
@@ -178,7 +203,10 @@ impl ContainerTask {
             first = false;
             let started_at = now();
             let started = Instant::now();
-            let (status, ended) = match self.start(&image, &rule, &env) {
+            // `$(VAR)` in command and args expands to the spec's values; the process gets
+            // them with mount paths rewritten.
+            let process_env = volumes::rewrite_env(env.clone(), &self.view.base_env, self.mounts());
+            let (status, ended) = match self.start(&image, &rule, &env, &process_env) {
                 Err(msg) => {
                     let state = State::Terminated {
                         exit_code: 128,
@@ -193,8 +221,9 @@ impl ContainerTask {
                 }
                 Ok(mut child) => {
                     let pid = child.id().unwrap_or_default();
-                    let (result, ended) =
-                        self.supervise(&mut child, pid, &env, &rule, started).await;
+                    let (result, ended) = self
+                        .supervise(&mut child, pid, &process_env, &rule, started)
+                        .await;
                     process::signal_group(pid, Signal::SIGKILL);
                     process::remove_pid(&self.file("pid"));
                     let (exit_code, signal) = match result {
@@ -261,12 +290,14 @@ impl ContainerTask {
         self.send();
     }
 
-    /// Expands the command line and starts the process; `Err` is a `StartError` message.
+    /// Expands the command line against `env`, rewrites mount paths in it and starts the
+    /// process with `process_env`; `Err` is a `StartError` message.
     fn start(
         &mut self,
         image: &str,
         rule: &ImageRule,
         env: &[(String, String)],
+        process_env: &[(String, String)],
     ) -> Result<Child, String> {
         let expand_all = |v: &Option<Vec<String>>| {
             v.iter()
@@ -276,6 +307,13 @@ impl ContainerTask {
         };
         let command = expand_all(&self.spec.command);
         let args = expand_all(&self.spec.args);
+        // Expanded first, rewritten once: a `$(VAR)` brings the container path along.
+        let rewrite_all = |v: Vec<String>| -> Vec<String> {
+            v.iter()
+                .map(|s| volumes::rewrite(s, self.mounts()))
+                .collect()
+        };
+        let (command, args) = (rewrite_all(command), rewrite_all(args));
         let inv = image::invocation(image, &command, &args, rule)?;
         let marker = format!(
             "----- hookline-podrunner {} starting container {} (restart {}): {} {}",
@@ -290,7 +328,7 @@ impl ContainerTask {
             Some(dir) if dir.is_absolute() && dir.is_dir() => dir.to_path_buf(),
             _ => self.view.home.clone(),
         };
-        let child = process::spawn(&inv, env, &workdir, &self.file("log"), &marker)
+        let child = process::spawn(&inv, process_env, &workdir, &self.file("log"), &marker)
             .map_err(|e| e.to_string())?;
         let pid = child.id().unwrap_or_default();
         if let Err(e) = process::write_pid(&self.file("pid"), pid) {
@@ -303,7 +341,12 @@ impl ContainerTask {
     fn probe(&self, probe: Option<&Probe>, rule: &ImageRule) -> Option<ProbeSpec> {
         let probe = probe?;
         let pod_ip = self.view.pod_ip.to_string();
-        let check = probe::check_for(probe, &self.spec, &pod_ip, rule, |p| p.is_file());
+        let mut check = probe::check_for(probe, &self.spec, &pod_ip, rule, |p| p.is_file());
+        if let probe::Check::Exec(inv) = &mut check {
+            for arg in &mut inv.args {
+                *arg = volumes::rewrite(arg, self.mounts());
+            }
+        }
         Some(probe::probe_spec(probe, check))
     }
 

@@ -1,8 +1,9 @@
 //! `hookline-podrunner`: a stand-in for a kubelet on a machine without containers. It
-//! registers a Node, binds the Pods whose images it can run to that Node, and runs each
-//! container as a local process with the Pod's command, args, env and ServiceAccount
-//! identity, reporting status, readiness and restarts back to the apiserver — so the real
-//! Deployment and ReplicaSet controllers can be tested. See the README for the flags.
+//! registers a Node, binds the Pods whose images and volumes it can run to that Node, and
+//! runs each container as a local process with the Pod's command, args, env, `emptyDir`
+//! volumes and ServiceAccount identity, reporting status, readiness and restarts back to the
+//! apiserver — so the real Deployment and ReplicaSet controllers can be tested. See the
+//! README for the flags.
 
 mod backoff;
 mod container;
@@ -18,6 +19,7 @@ mod probe;
 mod process;
 mod runner;
 mod status;
+mod volumes;
 
 use std::{
     path::PathBuf,

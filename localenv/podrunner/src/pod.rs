@@ -1,10 +1,11 @@
 //! One bound Pod, from taking it on to deleting it. The pod task claims a loopback IP,
-//! prepares the pod directory (`STATE_DIR/<namespace>_<name>/`) with a ServiceAccount token
-//! and kubeconfig, starts a [`ContainerTask`] per container, and writes the Pod status
-//! (server-side apply on the status subresource) whenever a container record changes. When
-//! the Pod gets a deletionTimestamp it stops the processes within the grace period and
-//! deletes the Pod with `gracePeriodSeconds=0`, as the kubelet does; when the Pod vanishes or
-//! the runner shuts down it only stops the processes.
+//! prepares the pod directory (`STATE_DIR/<namespace>_<name>/`) with a ServiceAccount token,
+//! a kubeconfig and the `emptyDir` volumes ([`crate::volumes`]), starts a [`ContainerTask`]
+//! per container, and writes the Pod status (server-side apply on the status subresource)
+//! whenever a container record changes. When the Pod gets a deletionTimestamp it stops the
+//! processes within the grace period, removes the volumes and deletes the Pod with
+//! `gracePeriodSeconds=0`, as the kubelet does; when the Pod vanishes it stops the processes
+//! and removes the volumes; when the runner shuts down it only stops the processes.
 
 use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -29,6 +30,7 @@ use crate::{
     identity,
     runner::Ctx,
     status::{self, ContainerRecord, State, StatusInput, now},
+    volumes,
 };
 
 /// Default `terminationGracePeriodSeconds`.
@@ -325,6 +327,12 @@ async fn run(ctx: Arc<Ctx>, mut updates: watch::Receiver<Arc<Pod>>, shutdown: Ca
         return;
     };
     let spec = pod.spec.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    if let Err(e) = volumes::prepare(&dir, uid, &spec) {
+        // Each container creates its own mount directories again and reports a failure.
+        tracing::warn!(pod = %key, error = %e, "cannot prepare pod volumes");
+    }
+    let volumes_dir = volumes::volumes_dir(&dir);
     let automount = spec.automount_service_account_token != Some(false);
     let mut base_env = vec![
         ("PATH".to_string(), ctx.host_path.clone()),
@@ -403,6 +411,7 @@ async fn run(ctx: Arc<Ctx>, mut updates: watch::Receiver<Arc<Pod>>, shutdown: Ca
                 index,
                 spec: c.clone(),
                 record: records[index].clone(),
+                mounts: volumes::plan(&spec, c, &volumes_dir),
                 updates: tx.clone(),
                 stop: stop_rx.clone(),
             };
@@ -442,6 +451,12 @@ async fn run(ctx: Arc<Ctx>, mut updates: watch::Receiver<Arc<Pod>>, shutdown: Ca
     while containers.join_next().await.is_some() {}
     while let Ok((i, rec)) = rx.try_recv() {
         records[i] = rec;
+    }
+    if let Exit::Deleting(_) | Exit::Vanished(_) = exit {
+        // emptyDir volumes live as long as their Pod; the logs stay in the pod dir.
+        if let Err(e) = volumes::remove(&dir) {
+            tracing::warn!(pod = %key, error = %e, "cannot remove pod volumes");
+        }
     }
     if let Exit::Deleting(_) = exit {
         // Final statuses first (best effort), then the deletion the kubelet does.

@@ -1,6 +1,6 @@
 //! The scheduler-and-kubelet loop. A watcher over all Pods feeds [`Runner::handle`]: an
-//! unscheduled Pod whose images the runner can run is bound to this node through the
-//! `pods/binding` subresource (a Pod it cannot run gets `PodScheduled=False` and stays
+//! unscheduled Pod whose images and volumes the runner can run is bound to this node through
+//! the `pods/binding` subresource (a Pod it cannot run gets `PodScheduled=False` and stays
 //! Pending); a Pod bound to this node gets a pod task ([`crate::pod`]) that follows its
 //! updates; a Pod that disappears has its task told so. On shutdown every pod task stops its
 //! processes and the runner waits for them.
@@ -28,6 +28,7 @@ use crate::{
     ipalloc::IpAllocator,
     pod::{self, PodHandle},
     probe::Prober,
+    volumes::{self, REASON_UNMOUNTABLE},
 };
 
 /// Reason of the `PodScheduled=False` condition on Pods the runner cannot run.
@@ -76,6 +77,17 @@ fn is_terminal(pod: &Pod) -> bool {
     )
 }
 
+/// Why the runner cannot take a Pod: reason and message of its `PodScheduled=False`.
+fn unrunnable(pod: &Pod, rules: &[ImageRule]) -> Option<(&'static str, String)> {
+    if let Err(image) = image::runnable(pod, rules) {
+        let msg = format!(
+            "the hookline pod runner cannot run image {image:?}: no --image-map or --host-image prefix matches"
+        );
+        return Some((REASON_UNRUNNABLE, msg));
+    }
+    volumes::refusal(pod).map(|msg| (REASON_UNMOUNTABLE, msg))
+}
+
 fn marked_unrunnable(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -84,7 +96,10 @@ fn marked_unrunnable(pod: &Pod) -> bool {
             cs.iter().any(|c| {
                 c.type_ == "PodScheduled"
                     && c.status == "False"
-                    && c.reason.as_deref() == Some(REASON_UNRUNNABLE)
+                    && matches!(
+                        c.reason.as_deref(),
+                        Some(REASON_UNRUNNABLE | REASON_UNMOUNTABLE)
+                    )
             })
         })
 }
@@ -190,10 +205,12 @@ impl Runner {
         if !awaits_scheduling(&pod) {
             return;
         }
-        match image::runnable(&pod, &self.ctx.rules) {
-            Ok(()) => self.bind(&pod).await,
-            Err(image) if !marked_unrunnable(&pod) => self.mark_unrunnable(&pod, &image).await,
-            Err(_) => {}
+        match unrunnable(&pod, &self.ctx.rules) {
+            None => self.bind(&pod).await,
+            Some((reason, msg)) if !marked_unrunnable(&pod) => {
+                self.mark_unrunnable(&pod, reason, &msg).await;
+            }
+            Some(_) => {}
         }
     }
 
@@ -235,8 +252,8 @@ impl Runner {
         }
     }
 
-    /// Sets `PodScheduled=False` on a Pod the runner cannot run.
-    async fn mark_unrunnable(&self, pod: &Pod, image: &str) {
+    /// Sets `PodScheduled=False` with `reason` and `message` on a Pod the runner cannot run.
+    async fn mark_unrunnable(&self, pod: &Pod, reason: &str, message: &str) {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         let patch = serde_json::json!({
@@ -246,10 +263,8 @@ impl Runner {
             "status": {"conditions": [{
                 "type": "PodScheduled",
                 "status": "False",
-                "reason": REASON_UNRUNNABLE,
-                "message": format!(
-                    "the hookline pod runner cannot run image {image:?}: no --image-map or --host-image prefix matches"
-                ),
+                "reason": reason,
+                "message": message,
                 "lastTransitionTime": crate::status::now().to_string(),
             }]},
         });
@@ -258,7 +273,7 @@ impl Runner {
         if let Err(e) = api.patch_status(name, &params, &Patch::Apply(patch)).await {
             tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "cannot mark pod unschedulable");
         } else {
-            tracing::info!(pod = %format!("{ns}/{name}"), image, "cannot run pod's image; left pending");
+            tracing::info!(pod = %format!("{ns}/{name}"), reason, message, "cannot run pod; left pending");
         }
     }
 
@@ -308,5 +323,22 @@ mod tests {
             "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": REASON_UNRUNNABLE}]}}),
         );
         assert!(marked_unrunnable(&p));
+    }
+
+    #[test]
+    fn a_pod_with_a_claim_is_not_taken_and_says_why() {
+        let rules = [ImageRule::Host {
+            prefix: "hookline.test/".into(),
+        }];
+        let p = pod(json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "c", "image": "hookline.test/sh", "command": ["sh"]}],
+            "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": "data"}}]}}));
+        let (reason, msg) = unrunnable(&p, &rules).unwrap();
+        assert_eq!(reason, REASON_UNMOUNTABLE);
+        assert!(msg.contains("persistentVolumeClaim \"data\""), "{msg}");
+        let p = pod(json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "c", "image": "hookline.test/sh", "command": ["sh"]}],
+            "volumes": [{"name": "store", "emptyDir": {}}]}}));
+        assert_eq!(unrunnable(&p, &rules), None);
     }
 }
