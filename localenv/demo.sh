@@ -92,13 +92,32 @@ echo "receiver verified ${got:-0} of $sent events on /all"
 [[ ${got:-0} -ge $sent ]] || { echo "demo: not every event arrived; see kubectl -n $NS describe webhooks and $HOOKLINE_CACHE/run/pods/" >&2; exit 1; }
 sleep 3 # let the dispatcher write its status counters
 
-step "8/8 what Kubernetes says"
+step "8/8 what Kubernetes says, and what the tenant API says"
 kubectl get webhooks -A
+# The customer's side: a ServiceAccount of the tenant bound to hookline-tenant-edit; its own
+# token is all the API needs (TokenReview, then every call runs as that identity).
+kubectl -n $NS create serviceaccount console --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n $NS create rolebinding console-edit --clusterrole=hookline-tenant-edit --serviceaccount=$NS:console \
+  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+TOKEN=$(kubectl -n $NS create token console)
+api() { curl -sS --max-time 10 -H "Authorization: Bearer $TOKEN" "$HOOKLINE_API/api/v1/tenants/$NS/$1"; }
+logged=0
+for _ in $(seq 60); do
+  logged=$(api "stats?window=1h&webhook=all-decisions" | python3 -c 'import json,sys; t=json.load(sys.stdin)["total"]; print(t["delivered"])' 2>/dev/null || echo 0)
+  [[ ${logged:-0} -ge $sent ]] && break; sleep 1
+done
+echo "delivery log (GET $HOOKLINE_API/api/v1/tenants/$NS/stats): ${logged:-0} of $sent deliveries to all-decisions recorded as delivered"
+[[ ${logged:-0} -ge $sent ]] || { echo "demo: the delivery log did not catch up; see $HOOKLINE_CACHE/run/pods/hookline-system_hookline-api-*/" >&2; exit 1; }
+event=$(api "deliveries?webhook=all-decisions&limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["eventId"])')
+echo "what became of event $event (GET …/deliveries/$event):"
+api "deliveries/$event" | python3 -m json.tool
 
 cat <<EOF
 
-The tenant API (hookline-api; callers authenticate with their own Kubernetes token):
-HOOKLINE_API=$HOOKLINE_API
+The tenant API (hookline-api): callers authenticate with their own Kubernetes token and RBAC decides.
+  export HOOKLINE_API=$HOOKLINE_API TOKEN=\$(kubectl -n $NS create token console)
+  curl -s -H "Authorization: Bearer \$TOKEN" \$HOOKLINE_API/api/v1/tenants/$NS/webhooks
+  (more in the README, "The tenant API")
 
 What to try next:
   kubectl -n $NS describe webhook all-decisions                 # conditions, events, delivery status
