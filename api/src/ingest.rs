@@ -184,6 +184,8 @@ impl Ingest {
                 Err(_) => break,
                 Ok(Err(e)) => {
                     warn!(error = %e, "reading attempts failed");
+                    // Kafka errors come back at once; do not spin on them.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     break;
                 }
                 Ok(Ok(m)) => m,
