@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::auth::Auth;
 use crate::kube_as::Kube;
 use crate::ops::Metrics;
+use crate::publish::Publisher;
 use crate::store::DeliveryLog;
 
 /// What every handler needs.
@@ -23,6 +24,8 @@ pub struct App {
     pub max_body: usize,
     /// How long a test send is waited for.
     pub test_wait: Duration,
+    /// Writes published events to Kafka.
+    pub publisher: Publisher,
     /// The OpenAPI document, rendered once.
     pub openapi: String,
 }

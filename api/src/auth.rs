@@ -82,7 +82,7 @@ pub struct Auth {
     kube: Kube,
     metrics: Metrics,
     tokens: Cache<Key, Result<String, String>>,
-    access: Cache<(Key, String, &'static str), bool>,
+    access: Cache<(Key, String, &'static str, &'static str), bool>,
 }
 
 /// The bearer token of `headers`.
@@ -172,17 +172,19 @@ impl Auth {
         })
     }
 
-    /// Allows `caller` to `verb` the delivery log of `tenant`, or says what is missing.
+    /// Allows `caller` to `verb` the virtual resource `resource.hookline.dev` of `tenant`
+    /// (`deliveries`: the delivery log; `webhookevents`: publishing), or says what is missing.
     ///
     /// # Errors
-    /// 403 naming `verb deliveries.hookline.dev`; 503 when the API server cannot be asked.
-    pub async fn allow_deliveries(
+    /// 403 naming `verb resource.hookline.dev`; 503 when the API server cannot be asked.
+    pub async fn allow(
         &self,
         caller: &Caller,
         tenant: &str,
         verb: &'static str,
+        resource: &'static str,
     ) -> Result<(), Problem> {
-        let key = (caller.key, tenant.to_owned(), verb);
+        let key = (caller.key, tenant.to_owned(), verb, resource);
         let cached = self.access.get(&key);
         self.metrics
             .auth_lookups
@@ -191,7 +193,7 @@ impl Auth {
         let access = Access {
             verb: verb.to_owned(),
             group: GROUP.to_owned(),
-            resource: "deliveries".to_owned(),
+            resource: resource.to_owned(),
             namespace: tenant.to_owned(),
         };
         let allowed = match cached {
@@ -200,7 +202,7 @@ impl Auth {
                 let a = self
                     .kube
                     .as_caller(&caller.token)
-                    .can(tenant, verb, GROUP, "deliveries")
+                    .can(tenant, verb, GROUP, resource)
                     .await
                     .map_err(|e| Problem::from_kube(e, &access))?;
                 self.access.put(key, a);
@@ -213,7 +215,7 @@ impl Auth {
             Err(Problem::forbidden(
                 access,
                 format!(
-                    "{} may not {verb} deliveries.{GROUP} in namespace {tenant:?}",
+                    "{} may not {verb} {resource}.{GROUP} in namespace {tenant:?}",
                     caller.user
                 ),
             ))

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use crate::app::App;
@@ -109,13 +109,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
     }
 }
 
-/// A JSON body.
-pub struct Body<T>(pub T);
+/// A JSON body, read but not parsed yet (for handlers that authorise before they parse):
+/// `application/json` (or, for `PATCH`, `application/merge-patch+json`), at most `--max-body`
+/// bytes, read within [`BODY_READ_TIMEOUT`].
+pub struct RawJson(pub bytes::Bytes);
 
-impl<T: DeserializeOwned> FromRequest<Arc<App>> for Body<T> {
+/// How long a client may take to send its body.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl FromRequest<Arc<App>> for RawJson {
     type Rejection = Problem;
 
-    async fn from_request(req: Request, app: &Arc<App>) -> Result<Body<T>, Problem> {
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<RawJson, Problem> {
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -128,7 +133,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for Body<T> {
             .to_ascii_lowercase();
         if content_type != "application/json" && content_type != "application/merge-patch+json" {
             return Err(Problem::new(
-                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
                 format!(
                     "the body must be application/json (or application/merge-patch+json for PATCH), not {content_type:?}"
@@ -136,18 +141,40 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for Body<T> {
             ));
         }
         let limit = app.max_body;
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| {
-                Problem::new(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "too-large",
-                    format!("the body is larger than {limit} bytes"),
-                )
-            })?;
-        serde_json::from_slice(&bytes)
-            .map(Body)
-            .map_err(|e| Problem::bad_request(format!("body: {e}")))
+        let read = axum::body::to_bytes(req.into_body(), limit);
+        match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+            Err(_) => Err(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
+            )),
+            Ok(Err(_)) => Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                format!("the body is larger than {limit} bytes"),
+            )),
+            Ok(Ok(bytes)) => Ok(RawJson(bytes)),
+        }
+    }
+}
+
+/// `bytes` as `T`.
+///
+/// # Errors
+/// A 400 saying where the JSON is wrong.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(format!("body: {e}")))
+}
+
+/// A JSON body, parsed (see [`RawJson`]); unknown fields are refused by the types.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<App>> for Body<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Body<T>, Problem> {
+        let RawJson(bytes) = RawJson::from_request(req, app).await?;
+        parse_json(&bytes).map(Body)
     }
 }
 

@@ -3,7 +3,7 @@
 //! every read and write of the tenant's `Webhook`s ([`kube_as`]), so Kubernetes RBAC decides
 //! and the audit log names the person; the delivery log ([`store`]) is fed from the tenants'
 //! attempts topics ([`ingest`]) and read after a SelfSubjectAccessReview as the caller
-//! ([`routes`]). Request and response types live in [`model`], errors in [`problem`], and the
+//! ([`routes`]); events are published over HTTP through [`publish`]. Request and response types live in [`model`], errors in [`problem`], and the
 //! OpenAPI document is generated from them ([`openapi`]).
 
 pub mod app;
@@ -15,6 +15,7 @@ pub mod model;
 pub mod openapi;
 pub mod ops;
 pub mod problem;
+pub mod publish;
 pub mod routes;
 pub mod settings;
 pub mod store;

@@ -12,10 +12,12 @@ use hookline_api::ingest::Ingest;
 use hookline_api::kube_as::Kube;
 use hookline_api::openapi;
 use hookline_api::ops::{self, Health, Metrics};
+use hookline_api::publish::Publisher;
 use hookline_api::routes;
 use hookline_api::settings::Settings;
 use hookline_api::store::DeliveryLog;
 use hookline_api::store::sqlite::SqliteStore;
+use hookline_core::envelope::Limits;
 use jiff::Timestamp;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
@@ -131,7 +133,17 @@ async fn main() -> anyhow::Result<()> {
         stop.clone(),
     ));
 
+    let publisher = Publisher::new(
+        hookline_core::kafka::producer(&base),
+        settings.publish_timeout,
+        settings.publish_rate,
+        Limits {
+            max_record_bytes: settings.max_event,
+        },
+    )
+    .context("creating the Kafka producer")?;
     let app = Arc::new(App {
+        publisher,
         auth: Auth::new(kube.clone(), metrics.clone(), settings.auth_cache),
         kube,
         store,

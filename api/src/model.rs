@@ -58,11 +58,19 @@ pub struct WebhookList {
     pub items: Vec<WebhookView>,
 }
 
+/// A DNS-1123 label, what [`crate::extract::is_label`] accepts: a tenant (namespace) name.
+pub const LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+/// A DNS-1123 subdomain, what [`crate::extract::is_subdomain`] accepts: a `Webhook`'s name.
+pub const SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+
 /// A new `Webhook`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookCreate {
     /// Its name: a DNS subdomain (lower case letters, digits, `-` and `.`), unique in the tenant.
+    #[schemars(length(max = 253), regex(pattern = SUBDOMAIN_PATTERN))]
     pub name: String,
     /// Labels.
     #[serde(default)]
@@ -252,4 +260,50 @@ pub struct StatsView {
     /// Counts and percentiles.
     #[serde(flatten)]
     pub stats: Stats,
+}
+
+/// One event to publish.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishEvent {
+    /// The event id (`webhook-id` on the wire, the receivers' idempotency key): 1–255 visible
+    /// ASCII characters. Default: the `Idempotency-Key` header, else a new `evt_…` id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The event type, matched against each Webhook's `eventTypes`: letters, digits, `.`, `_`,
+    /// `-`, starting with a letter or digit.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// When it happened (RFC 3339). Default: when it was received.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// The ordering key: events with the same key reach each Webhook in the order published.
+    /// Default: the id (no ordering between events).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The event's data, any JSON; delivered byte for byte.
+    pub data: Value,
+}
+
+/// A batch of events to publish.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBatch {
+    /// 1 to 500 events.
+    #[schemars(length(min = 1, max = 500))]
+    pub events: Vec<PublishEvent>,
+}
+
+/// An event accepted: it is in Kafka.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Published {
+    /// Its id.
+    pub id: String,
+}
+
+/// A batch accepted: every event is in Kafka.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PublishedBatch {
+    /// The events' ids, in the order sent.
+    pub ids: Vec<String>,
 }

@@ -12,6 +12,8 @@ use crate::model::{
     DeliveriesQuery, DeliveryPage, EventDeliveries, RotationRequested, SecretView, StatsQuery,
     StatsView, TestResult, WebhookCreate, WebhookList, WebhookPatch, WebhookReplace, WebhookView,
 };
+use crate::model::{LABEL_PATTERN, SUBDOMAIN_PATTERN};
+use crate::model::{PublishBatch, PublishEvent, Published, PublishedBatch};
 use crate::problem::{Problem, documented};
 
 /// A schema for one place in the document.
@@ -214,20 +216,73 @@ pub const OPERATIONS: &[Op] = &[
         ok: (200, "The window's buckets and totals", Some(s::<StatsView>)),
         problems: &[],
     },
+    Op {
+        method: "post",
+        path: "/api/v1/tenants/{tenant}/events",
+        id: "publishEvent",
+        summary: "Publish one event",
+        description: "Checked by the dispatcher's own rules, written to the tenant's events topic, and answered 202 only once Kafka acknowledged it (`acks=all`): a 202 means the event is durable. Needs `create webhookevents.hookline.dev` in the tenant (role `hookline-publisher`). `Idempotency-Key` becomes the event id when the body has none. 503 with `Retry-After` when Kafka does not acknowledge in time; retry with the same id.",
+        query: None,
+        body: Some((s::<PublishEvent>, JSON)),
+        ok: (202, "Durable in Kafka", Some(s::<Published>)),
+        problems: &[
+            (
+                409,
+                "The tenant has no events topic yet (it is made with its first Webhook)",
+            ),
+            (
+                429,
+                "The tenant publishes faster than the platform allows; wait `Retry-After`",
+            ),
+        ],
+    },
+    Op {
+        method: "post",
+        path: "/api/v1/tenants/{tenant}/events:batch",
+        id: "publishEvents",
+        summary: "Publish up to 500 events at once",
+        description: "All or nothing for validation: one bad event (named as `events[i].field`) and nothing is written. 202 only once every event was acknowledged; after a 503 some may be written — send the batch again with the same ids.",
+        query: None,
+        body: Some((s::<PublishBatch>, JSON)),
+        ok: (
+            202,
+            "Every event durable in Kafka",
+            Some(s::<PublishedBatch>),
+        ),
+        problems: &[
+            (
+                409,
+                "The tenant has no events topic yet (it is made with its first Webhook)",
+            ),
+            (
+                429,
+                "The tenant publishes faster than the platform allows; wait `Retry-After`",
+            ),
+        ],
+    },
 ];
 
 fn path_params(path: &str) -> Vec<Value> {
     path.split('/')
         .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
         .map(|name| {
-            let description = match name {
-                "tenant" => "The tenant: a Kubernetes namespace",
-                "name" => "The Webhook's name",
-                "eventId" => "The event id (`webhook-id` on the wire)",
-                _ => "The test's id",
+            let (description, schema) = match name {
+                "tenant" => (
+                    "The tenant: a Kubernetes namespace",
+                    json!({"type": "string", "maxLength": 63, "pattern": LABEL_PATTERN}),
+                ),
+                "name" => (
+                    "The Webhook's name",
+                    json!({"type": "string", "maxLength": 253, "pattern": SUBDOMAIN_PATTERN}),
+                ),
+                "eventId" => (
+                    "The event id (`webhook-id` on the wire)",
+                    json!({"type": "string"}),
+                ),
+                _ => ("The test's id", json!({"type": "string"})),
             };
             json!({"name": name, "in": "path", "required": true, "description": description,
-                   "schema": {"type": "string"}})
+                   "schema": schema})
         })
         .collect()
 }
@@ -307,12 +362,19 @@ pub fn document() -> Value {
             "operationId": op.id, "summary": op.summary, "description": op.description,
             "parameters": params, "responses": responses,
         });
+        if op.id == "publishEvent"
+            && let Some(p) = operation["parameters"].as_array_mut()
+        {
+            p.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
+                          "description": "Becomes the event id when the body has none: send the same key again and it is the same event",
+                          "schema": {"type": "string"}}));
+        }
         if matches!(op.method, "put" | "patch" | "delete")
             && let Some(p) = operation["parameters"].as_array_mut()
         {
             p.push(json!({"name": "If-Match", "in": "header", "required": false,
                           "description": "The Webhook's resourceVersion (its ETag): change it only if it is still that one",
-                          "schema": {"type": "string"}}));
+                          "schema": {"type": "string", "pattern": "^(W/)?\"?[0-9]+\"?$"}}));
         }
         if let Some((make, media)) = op.body {
             let schema = make(&mut g);

@@ -58,6 +58,20 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_API_TEST_WAIT", default_value = "10s", value_parser = parse_duration)]
     pub test_wait: Duration,
 
+    /// How long a published event may wait for Kafka's acknowledgement before the request is
+    /// answered 503 (the record is then abandoned, never written later).
+    #[arg(long, env = "HOOKLINE_API_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// Events per second each tenant may publish over HTTP (bursts of one second's worth).
+    #[arg(long, env = "HOOKLINE_API_PUBLISH_RATE", default_value_t = 20_000.0)]
+    pub publish_rate: f64,
+
+    /// Largest published event (its envelope, as the dispatcher bounds a record), bytes or with
+    /// a `KiB`/`MiB` suffix.
+    #[arg(long, env = "HOOKLINE_API_MAX_EVENT", default_value = "256KiB", value_parser = parse_size)]
+    pub max_event: usize,
+
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     pub print_openapi: bool,

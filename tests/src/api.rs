@@ -92,6 +92,20 @@ impl OwnApi {
     /// # Errors
     /// When the account has no token (chart not installed), or the process does not get ready.
     pub async fn start(env: &Env, admin: &Client, dump: &mut LogDump) -> anyhow::Result<OwnApi> {
+        Self::start_with(env, admin, dump, &[]).await
+    }
+
+    /// Like [`OwnApi::start`], with flags of the test's own: each `--name=value` replaces the
+    /// default flag of that name (e.g. `--kafka-bootstrap=127.0.0.1:1`, a Kafka that is down).
+    ///
+    /// # Errors
+    /// As [`OwnApi::start`].
+    pub async fn start_with(
+        env: &Env,
+        admin: &Client,
+        dump: &mut LogDump,
+        flags: &[&str],
+    ) -> anyhow::Result<OwnApi> {
         let dir = std::env::temp_dir().join(format!("hookline-api-{}", random_suffix()));
         std::fs::create_dir_all(&dir)?;
         let token = token(admin, OPERATOR_NAMESPACE, "hookline-api").await?;
@@ -113,6 +127,12 @@ impl OwnApi {
             format!("--store={}", store.display()),
             "--auth-cache=2s".to_owned(),
         ];
+        let name = |f: &str| f.split('=').next().unwrap_or_default().to_owned();
+        let mut args: Vec<String> = args
+            .into_iter()
+            .filter(|a| !flags.iter().any(|f| name(f) == name(a)))
+            .collect();
+        args.extend(flags.iter().map(|f| (*f).to_owned()));
         let log = dir.join("api.log");
         dump.extra.push(log.clone());
         let mut api = OwnApi {

@@ -18,6 +18,7 @@ pub mod pods;
 pub mod python;
 pub mod receiver;
 pub mod tenant;
+pub mod verify;
 pub mod wait;
 
 use std::{

@@ -290,6 +290,16 @@ fn every_operation(
             None,
         ),
         ("GET", format!("/api/v1/tenants/{tenant}/stats"), None),
+        (
+            "POST",
+            format!("/api/v1/tenants/{tenant}/events"),
+            Some(json!({"type": "a", "data": {}})),
+        ),
+        (
+            "POST",
+            format!("/api/v1/tenants/{tenant}/events:batch"),
+            Some(json!({"events": [{"type": "a", "data": {}}]})),
+        ),
     ]
 }
 
@@ -443,7 +453,7 @@ async fn a_tenant_token_reaches_nothing_of_another_tenant_and_a_viewer_neither_w
             operations += 1;
         }
     }
-    assert_eq!(operations, 13, "the document lists every operation");
+    assert_eq!(operations, 15, "the document lists every operation");
 
     // No token, a bad token, or a token without any role: 401, 401, 403 everywhere.
     for (method, path, body) in every_operation(&a.ns.name, "a-hook", "evt_none") {

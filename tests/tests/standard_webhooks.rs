@@ -9,97 +9,16 @@
 //! lines and runs `tests/python/verify_standard_webhooks.py` with the venv's python
 //! (`hookline_tests::python`), which reports per request whether the library verified it.
 
-use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use hookline_tests::{
-    LogDump, install, python, random_suffix,
-    receiver::{Receiver, Recorded},
+    LogDump, install, python,
+    receiver::Receiver,
     tenant::{Tenant, WITHIN},
+    verify::{Scratch, jsonl, verify_with_library},
     wait,
 };
 use serde_json::json;
-
-/// Files of one test in the temp dir, removed when dropped (they hold a signing key).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("hookline-swh-{}", random_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let path = self.0.join(name);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .unwrap();
-        std::io::Write::write_all(&mut f, contents.as_bytes()).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// One recorded request as the verifier reads it: every header, and the body bytes exactly.
-fn request_line(headers: &[(String, String)], body: &[u8]) -> String {
-    let mut map = serde_json::Map::new();
-    for (k, v) in headers {
-        map.insert(k.clone(), json!(v));
-    }
-    json!({
-        "headers": map,
-        "body_hex": body.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-    })
-    .to_string()
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct Verdict {
-    index: usize,
-    id: Option<String>,
-    verified: bool,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(rename = "type", default)]
-    type_: Option<String>,
-}
-
-/// Runs the Python verifier over `requests` (JSON lines) with the keys in `secret_files`.
-async fn verify_with_library(requests: PathBuf, secret_files: Vec<PathBuf>) -> Vec<Verdict> {
-    let out = tokio::task::spawn_blocking(move || {
-        let mut args: Vec<String> = Vec::new();
-        for f in &secret_files {
-            args.push("--secret-file".into());
-            args.push(f.display().to_string());
-        }
-        args.push(requests.display().to_string());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        python::run_script(&python::script("verify_standard_webhooks.py"), &args)
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("verifier line {l:?}: {e}")))
-        .collect()
-}
-
-fn jsonl(requests: &[Recorded]) -> String {
-    requests
-        .iter()
-        .map(|r| request_line(&r.headers, &r.body) + "\n")
-        .collect()
-}
 
 /// An event whose data has what trips up byte-exact signing: non-ASCII text, escapes, an integer
 /// beyond f64 precision, a float, nesting.

@@ -105,7 +105,9 @@ pub async fn list(
     Params(q): Params<DeliveriesQuery>,
 ) -> Result<Json<DeliveryPage>, Problem> {
     let (filter, cursor, limit) = plan(&q)?;
-    app.auth.allow_deliveries(&caller, &tenant, "list").await?;
+    app.auth
+        .allow(&caller, &tenant, "list", "deliveries")
+        .await?;
     let store = app.store.clone();
     let page = blocking(move || store.list(&tenant, &filter, cursor, limit)).await?;
     Ok(Json(DeliveryPage {
@@ -120,7 +122,9 @@ pub async fn event(
     caller: Caller,
     Named(tenant, event_id): Named,
 ) -> Result<Json<EventDeliveries>, Problem> {
-    app.auth.allow_deliveries(&caller, &tenant, "get").await?;
+    app.auth
+        .allow(&caller, &tenant, "get", "deliveries")
+        .await?;
     let store = app.store.clone();
     let (t, id) = (tenant.clone(), event_id.clone());
     let deliveries = blocking(move || store.event(&t, &id)).await?;
@@ -142,7 +146,9 @@ pub async fn stats(
     Tenant(tenant): Tenant,
     Params(q): Params<StatsQuery>,
 ) -> Result<Json<StatsView>, Problem> {
-    app.auth.allow_deliveries(&caller, &tenant, "list").await?;
+    app.auth
+        .allow(&caller, &tenant, "list", "deliveries")
+        .await?;
     let (window, bucket) = q.window.unwrap_or(Window::Day).minutes();
     let bucket_ms = bucket * 60_000;
     let now = Timestamp::now().as_millisecond();

@@ -1,9 +1,10 @@
 //! The router of `/api/v1`: each request is counted by route template, method and status
 //! ([`crate::ops::Metrics`]), then handed to [`webhooks`] (the custom resources, as the caller)
-//! or [`deliveries`] (the delivery log); anything unrouted is a `404`/`405` problem. The
+//! [`deliveries`] (the delivery log) or [`events`] (publishing); anything unrouted is a `404`/`405` problem. The
 //! OpenAPI document ([`crate::openapi`]) is served unauthenticated at `/api/v1/openapi.json`.
 
 pub mod deliveries;
+pub mod events;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -94,6 +95,8 @@ pub fn router(app: Arc<App>) -> Router {
             get(deliveries::event),
         )
         .route(&format!("{T}/stats"), get(deliveries::stats))
+        .route(&format!("{T}/events"), post(events::publish))
+        .route(&format!("{T}/events:batch"), post(events::publish_batch))
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), count))

@@ -1,0 +1,289 @@
+//! Publishing events over HTTP against the real stack: a `hookline-api` of the test's own, the
+//! chart's controller and dispatcher, Kafka and a loopback receiver. A `202` means the event is
+//! in Kafka; what is refused never reaches Kafka; deliveries verify with the official Standard
+//! Webhooks library.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use hookline_tests::api::{OwnApi, tenant_token};
+use hookline_tests::receiver::Receiver;
+use hookline_tests::tenant::Tenant;
+use hookline_tests::verify::{Scratch, jsonl, verify_with_library};
+use hookline_tests::{LogDump, TestNamespace, kafka, python, random_suffix, wait};
+use serde_json::{Value, json};
+
+fn events(tenant: &str) -> String {
+    format!("/api/v1/tenants/{tenant}/events")
+}
+
+fn batch(tenant: &str) -> String {
+    format!("/api/v1/tenants/{tenant}/events:batch")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_event_is_durable_delivered_signed_and_logged_and_a_refused_one_reaches_nothing()
+ {
+    tokio::task::spawn_blocking(python::venv)
+        .await
+        .unwrap()
+        .expect("a venv with the PyPI standardwebhooks library");
+    let mut dump = LogDump::new();
+    let t = Tenant::create("pub").await;
+    let ns = t.ns.name.clone();
+    let other = TestNamespace::create(&t.env, &t.client, "pubother")
+        .await
+        .unwrap();
+    let rx = Receiver::start().await.unwrap();
+    t.webhook("orders", &rx.url("/orders"), &["transaction.*"], json!({}))
+        .await;
+    let api = OwnApi::start(&t.env, &t.client, &mut dump).await.unwrap();
+    let publisher = tenant_token(&t.client, &ns, "publisher", Some("hookline-publisher"))
+        .await
+        .unwrap();
+    let viewer = tenant_token(&t.client, &ns, "viewer", Some("hookline-tenant-view"))
+        .await
+        .unwrap();
+    let pubr = Some(publisher.as_str());
+
+    // One event with an Idempotency-Key (it becomes the id), and a batch of three.
+    let idem = format!("idem-{}", random_suffix());
+    let one = json!({"type": "transaction.approved", "key": "tx-1", "data": {"tx": 1, "decision": "APPROVE"}});
+    let (s, _, body) = api
+        .call(
+            "POST",
+            &events(&ns),
+            pubr,
+            Some(&one),
+            &[("idempotency-key", &idem)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, body["id"].as_str()),
+        (202, Some(idem.as_str())),
+        "{body}"
+    );
+    let three = json!({"events": [
+        {"type": "transaction.rejected", "key": "tx-2", "data": {"tx": 2}},
+        {"type": "transaction.review", "key": "tx-2", "data": {"tx": 2, "again": true}},
+        {"id": "evt_own_id", "type": "transaction.approved", "timestamp": "2026-12-01T10:00:00Z", "data": null},
+    ]});
+    let (s, _, body) = api
+        .call("POST", &batch(&ns), pubr, Some(&three), &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 202, "{body}");
+    let mut accepted: BTreeSet<String> = body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(accepted.len(), 3);
+    assert!(accepted.contains("evt_own_id"));
+    accepted.insert(idem.clone());
+
+    // Refused, each naming the problem; none of them may reach Kafka.
+    let refused: Vec<(Value, Vec<(&str, &str)>, u16, Option<&str>)> = vec![
+        (
+            json!({"type": "bad type!", "data": {}}),
+            vec![],
+            400,
+            Some("type"),
+        ),
+        (
+            json!({"type": "t", "data": {}, "colour": 1}),
+            vec![],
+            400,
+            None,
+        ),
+        (
+            json!({"type": "t", "id": "has space", "data": {}}),
+            vec![],
+            400,
+            Some("id"),
+        ),
+        (
+            json!({"type": "t", "timestamp": "yesterday", "data": {}}),
+            vec![],
+            400,
+            Some("timestamp"),
+        ),
+        (json!({"type": "t"}), vec![], 400, None),
+        (
+            json!({"type": "t", "data": "x".repeat(300 * 1024)}),
+            vec![],
+            413,
+            None,
+        ),
+        (
+            json!({"type": "t", "data": {}}),
+            vec![("idempotency-key", "not valid")],
+            400,
+            Some("Idempotency-Key"),
+        ),
+    ];
+    for (body, headers, status, field) in &refused {
+        let (s, h, res) = api
+            .call("POST", &events(&ns), pubr, Some(body), headers)
+            .await
+            .unwrap();
+        assert_eq!(s, *status, "{res}");
+        assert_eq!(h["content-type"], "application/problem+json");
+        if let Some(f) = field {
+            assert_eq!(res["errors"][0]["field"], *f, "{res}");
+        }
+    }
+    let bad_batch = json!({"events": [{"type": "ok", "data": 1}, {"type": "no good", "data": 2}]});
+    let (s, _, res) = api
+        .call("POST", &batch(&ns), pubr, Some(&bad_batch), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, res["errors"][0]["field"].as_str()),
+        (400, Some("events[1].type")),
+        "{res}"
+    );
+    let too_many = json!({"events": vec![json!({"type": "t", "data": 1}); 501]});
+    let (s, _, res) = api
+        .call("POST", &batch(&ns), pubr, Some(&too_many), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, res["errors"][0]["field"].as_str()),
+        (400, Some("events")),
+        "{res}"
+    );
+    let (s, _, _) = api
+        .call(
+            "POST",
+            &events(&ns),
+            pubr,
+            None,
+            &[("content-type", "text/plain")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 415);
+    // Who may publish: not without a token, not a viewer, not into another tenant.
+    let (s, h, _) = api
+        .call("POST", &events(&ns), None, Some(&one), &[])
+        .await
+        .unwrap();
+    assert_eq!((s, h["www-authenticate"].as_str()), (401, "Bearer"));
+    let (s, _, res) = api
+        .call("POST", &events(&ns), Some(&viewer), Some(&one), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, res["missing"]["resource"].as_str()),
+        (403, Some("webhookevents")),
+        "{res}"
+    );
+    let (s, _, res) = api
+        .call("POST", &events(&other.name), pubr, Some(&one), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, res["missing"]["namespace"].as_str()),
+        (403, Some(other.name.as_str())),
+        "{res}"
+    );
+
+    // A last good event, then the events topic holds exactly the accepted ones.
+    let (s, _, body) = api
+        .call("POST", &events(&ns), pubr, Some(&one), &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 202, "{body}");
+    accepted.insert(body["id"].as_str().unwrap().to_owned());
+    let records = kafka::consume(
+        &t.env,
+        &t.topics().events,
+        accepted.len(),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let in_kafka: BTreeSet<String> = records
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(r.value.as_deref().unwrap()).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        in_kafka, accepted,
+        "exactly the accepted events are in Kafka"
+    );
+    let extra = kafka::consume(
+        &t.env,
+        &t.topics().events,
+        accepted.len() + 1,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(extra.is_err(), "nothing else reached the events topic");
+
+    // Delivered, verified by the official library with the Webhook's key, and in the log.
+    let got = rx
+        .wait_for("/orders", accepted.len(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let scratch = Scratch::new();
+    let key = scratch.write("key", &t.whsec("orders").await);
+    let verdicts =
+        verify_with_library(scratch.write("requests.jsonl", &jsonl(&got)), vec![key]).await;
+    assert!(verdicts.iter().all(|v| v.verified), "{verdicts:?}");
+    let delivered: BTreeSet<String> = verdicts.iter().filter_map(|v| v.id.clone()).collect();
+    assert_eq!(delivered, accepted);
+    wait::until(
+        Duration::from_secs(60),
+        "the published event in the delivery log",
+        || async {
+            let v = api
+                .get(&format!("/api/v1/tenants/{ns}/deliveries/{idem}"), &viewer)
+                .await?;
+            Ok((v["deliveries"][0]["status"] == "delivered").then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_kafka_a_publish_is_a_503_within_the_bound_and_never_a_202() {
+    let mut dump = LogDump::new();
+    let t = Tenant::create("pubdown").await;
+    let ns = t.ns.name.clone();
+    // Port 1 on loopback: nothing listens, so this API's Kafka is down from the start.
+    let api = OwnApi::start_with(
+        &t.env,
+        &t.client,
+        &mut dump,
+        &["--kafka-bootstrap=127.0.0.1:1", "--publish-timeout=2s"],
+    )
+    .await
+    .unwrap();
+    let publisher = tenant_token(&t.client, &ns, "publisher", Some("hookline-publisher"))
+        .await
+        .unwrap();
+    let one = json!({"type": "transaction.approved", "data": {}});
+    let posts = (0..5).map(|_| async {
+        let started = Instant::now();
+        let r = api
+            .call("POST", &events(&ns), Some(&publisher), Some(&one), &[])
+            .await
+            .unwrap();
+        (r, started.elapsed())
+    });
+    for ((s, h, body), took) in futures::future::join_all(posts).await {
+        assert_eq!(s, 503, "{body}");
+        assert!(h.contains_key("retry-after"), "{h:?}");
+        // The bound is the publish timeout; the slack is for a loaded 2-core machine.
+        assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    }
+}
