@@ -85,7 +85,9 @@ async fn a_published_event_is_durable_delivered_signed_and_logged_and_a_refused_
     accepted.insert(idem.clone());
 
     // Refused, each naming the problem; none of them may reach Kafka.
-    let refused: Vec<(Value, Vec<(&str, &str)>, u16, Option<&str>)> = vec![
+    // (body, extra headers, status, the field named)
+    type Refusal<'a> = (Value, Vec<(&'a str, &'a str)>, u16, Option<&'a str>);
+    let refused: Vec<Refusal> = vec![
         (
             json!({"type": "bad type!", "data": {}}),
             vec![],
