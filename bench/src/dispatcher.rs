@@ -74,6 +74,8 @@ impl Dispatcher {
         settings.dead_letter_topic.clone_from(&t.dead_letter);
         settings.attempts_topic.clone_from(&t.attempts);
         settings.consumer_group.clone_from(&t.group);
+        // The bench's own topics have no dedup topic: duplicates are not suppressed here.
+        settings.dedup_topic = None;
         settings.listen = format!("127.0.0.1:{port}");
         settings.address.allow_http = true;
         settings.address.allow_cidrs = vec!["127.0.0.0/8".parse()?];

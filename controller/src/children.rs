@@ -202,6 +202,7 @@ pub fn dispatcher_args(settings: &Settings, tenant: &str) -> DispatcherArgs {
     args.default_max_attempts = settings.default_max_attempts;
     args.default_initial_delay = settings.default_initial_delay;
     args.default_max_delay = settings.default_max_delay;
+    args.dedup_window = settings.dedup_window;
     args
 }
 

@@ -86,6 +86,11 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_TOPIC_REPLICATION", default_value_t = 1)]
     pub topic_replication: i32,
 
+    /// How long an event id is remembered by each tenant's dispatcher: a record with an id seen
+    /// within it is not delivered again (also the retention of new dedup topics, plus an hour).
+    #[arg(long, env = "HOOKLINE_DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub dedup_window: Duration,
+
     /// How long the previous signing key stays valid after a rotation (e.g. `24h`).
     #[arg(long, env = "HOOKLINE_ROTATION_OVERLAP", default_value = "24h", value_parser = parse_duration)]
     pub rotation_overlap: Duration,

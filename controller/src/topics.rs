@@ -27,6 +27,7 @@ pub struct TopicManager {
     admin: std::sync::Arc<AdminClient<DefaultClientContext>>,
     partitions: i32,
     replication: i32,
+    dedup_retention_ms: String,
     ensured: Mutex<HashSet<String>>,
     failed: Mutex<HashMap<String, String>>,
 }
@@ -38,7 +39,12 @@ impl TopicManager {
     ///
     /// # Errors
     /// When the client cannot be created (bad settings).
-    pub fn new(bootstrap: &str, partitions: i32, replication: i32) -> Result<TopicManager> {
+    pub fn new(
+        bootstrap: &str,
+        partitions: i32,
+        replication: i32,
+        dedup_window: Duration,
+    ) -> Result<TopicManager> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap);
         for (k, v) in hookline_core::kafka::env_settings(std::env::vars()) {
@@ -51,6 +57,9 @@ impl TopicManager {
             admin: std::sync::Arc::new(admin),
             partitions,
             replication,
+            dedup_retention_ms: (dedup_window + Duration::from_secs(3600))
+                .as_millis()
+                .to_string(),
             ensured: Mutex::new(HashSet::new()),
             failed: Mutex::new(HashMap::new()),
         })
@@ -123,6 +132,11 @@ impl TopicManager {
                 );
                 if *n == topics.dead_letter.as_str() || *n == topics.attempts.as_str() {
                     t.set("retention.ms", "1209600000") // 14 days
+                } else if *n == topics.dedup.as_str() {
+                    // Compacted (the latest record per id), and nothing older than the window
+                    // (plus an hour of slack) is needed to restore what is remembered.
+                    t.set("cleanup.policy", "compact,delete")
+                        .set("retention.ms", &self.dedup_retention_ms)
                 } else {
                     t
                 }

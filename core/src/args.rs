@@ -147,7 +147,20 @@ pub struct DispatcherArgs {
     /// rest is left to be redelivered after the restart.
     #[arg(long, env = "HOOKLINE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// The compacted topic where the event ids seen are remembered ([`crate::dedup`]), one
+    /// partition per events partition. Without it, duplicates are not suppressed.
+    #[arg(long, env = "HOOKLINE_DEDUP_TOPIC")]
+    pub dedup_topic: Option<String>,
+
+    /// How long an event id is remembered: a record with an id seen within it is not delivered
+    /// again.
+    #[arg(long, env = "HOOKLINE_DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub dedup_window: Duration,
 }
+
+/// Default of `--dedup-window`.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(86_400);
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::duration::parse(text).map_err(|e| e.to_string())
@@ -219,6 +232,8 @@ impl DispatcherArgs {
             default_max_delay: None,
             secret_refresh: DEFAULT_SECRET_REFRESH,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            dedup_topic: Some(topics.dedup),
+            dedup_window: DEFAULT_DEDUP_WINDOW,
         }
     }
 
@@ -276,6 +291,12 @@ impl DispatcherArgs {
         }
         if self.shutdown_grace != DEFAULT_SHUTDOWN_GRACE {
             args.push(format!("--shutdown-grace={}", d(self.shutdown_grace)));
+        }
+        if let Some(t) = &self.dedup_topic {
+            args.push(format!("--dedup-topic={t}"));
+        }
+        if self.dedup_window != DEFAULT_DEDUP_WINDOW {
+            args.push(format!("--dedup-window={}", d(self.dedup_window)));
         }
         args
     }
@@ -365,6 +386,8 @@ mod tests {
             "--default-max-delay=1h",
             "--secret-refresh=1m",
             "--shutdown-grace=5s",
+            "--dedup-topic=hookline.acme.dedup",
+            "--dedup-window=1h",
         ]));
         for original in [defaults, every.clone()] {
             let mut argv = vec!["hookline-dispatcher".to_owned()];

@@ -23,6 +23,7 @@
 pub mod args;
 pub mod circuit;
 pub mod conditions;
+pub mod dedup;
 pub mod drain;
 pub mod duration;
 pub mod envelope;

@@ -10,6 +10,7 @@
 //! | delayed-retry topics, one per delay tier | `hookline.<namespace>.retry.<tier>` (`1s`, `10s`, `1m`, `10m`, `1h`) |
 //! | dead-letter topic | `hookline.<namespace>.dlq` |
 //! | delivery-attempts topic (one record per attempt, for audit) | `hookline.<namespace>.attempts` |
+//! | dedup topic (event ids seen, compacted) | `hookline.<namespace>.dedup` |
 //! | consumer group of the tenant's dispatchers | `hookline-dispatcher.<namespace>` |
 //!
 //! Names that would exceed a Kubernetes limit are cut and given a stable hash suffix, so two
@@ -78,6 +79,8 @@ pub struct Topics {
     pub dead_letter: String,
     /// One record per delivery attempt.
     pub attempts: String,
+    /// The event ids seen, per events partition (compacted).
+    pub dedup: String,
 }
 
 impl Topics {
@@ -87,6 +90,7 @@ impl Topics {
         v.extend(self.retry.iter().map(|(_, t)| t.as_str()));
         v.push(&self.dead_letter);
         v.push(&self.attempts);
+        v.push(&self.dedup);
         v
     }
 }
@@ -103,6 +107,7 @@ pub fn topics(tenant: &str) -> Topics {
             .collect(),
         dead_letter: format!("{base}.dlq"),
         attempts: format!("{base}.attempts"),
+        dedup: format!("{base}.dedup"),
     }
 }
 
@@ -156,7 +161,8 @@ mod tests {
         assert_eq!(t.events, "hookline.acme.events");
         assert_eq!(t.dead_letter, "hookline.acme.dlq");
         assert_eq!(t.retry[0].1, "hookline.acme.retry.1s");
-        assert_eq!(t.all().len(), 3 + RETRY_TIERS.len());
+        assert_eq!(t.all().len(), 4 + RETRY_TIERS.len());
+        assert_eq!(t.dedup, "hookline.acme.dedup");
         assert!(t.all().iter().all(|n| n.len() <= 249));
     }
 

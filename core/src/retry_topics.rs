@@ -269,7 +269,8 @@ pub struct AttemptRecord {
     pub status: Option<u16>,
     /// Time to the end of the bounded body read.
     pub latency_ms: u64,
-    /// `delivered`, `retry`, `dead_letter` or `gone` ([`crate::retry::Decision::as_str`]).
+    /// `delivered`, `retry`, `dead_letter` or `gone` ([`crate::retry::Decision::as_str`]), or
+    /// [`DUPLICATE`].
     pub outcome: String,
     /// Why it failed, snake_case.
     pub reason: Option<String>,
@@ -289,6 +290,10 @@ pub struct AttemptRecord {
 fn yes() -> bool {
     true
 }
+
+/// [`AttemptRecord::outcome`] of an events record not delivered because its id was seen within
+/// the dedup window ([`crate::dedup`]).
+pub const DUPLICATE: &str = "duplicate";
 
 /// Longest [`AttemptRecord::error`] kept, in bytes.
 pub const ERROR_TEXT_MAX: usize = 512;

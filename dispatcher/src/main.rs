@@ -157,9 +157,14 @@ async fn main() -> anyhow::Result<()> {
     let mut topics: Vec<&str> = vec![config.events_topic.as_str()];
     topics.extend(tiers.topics());
     {
+        // The dedup topic too: remembering an id is part of settling its record.
         let (config, names, stop) = (
             config::scanner_config(&config),
-            topics.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>(),
+            topics
+                .iter()
+                .map(|t| (*t).to_owned())
+                .chain(config.dedup_topic.clone())
+                .collect::<Vec<_>>(),
             stop.clone(),
         );
         tokio::task::spawn_blocking(move || {
@@ -194,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
             events_topic: config.events_topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
             attempts_topic: config.attempts_topic.clone(),
+            dedup_topic: config.dedup_topic.clone(),
         },
         deliverer,
         metrics,
@@ -213,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
         limits: Limits {
             max_record_bytes: config.max_record_bytes,
         },
+        dedup_window: config.dedup_window,
         grace: config.shutdown_grace,
     });
     // On a worker thread rather than this one: completions and records then

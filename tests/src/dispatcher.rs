@@ -103,13 +103,15 @@ pub struct Dispatcher {
 
 impl OwnTopics {
     /// The dispatcher's settings for these topics (one 1 s retry tier, the events topic's name
-    /// as consumer group), `--allow-http`, listening on `listen`.
+    /// as consumer group, no dedup), `--allow-http`, listening on `listen`.
     pub fn args(&self, namespace: &str, env: &Env, listen: &str) -> DispatcherArgs {
         let mut args = DispatcherArgs::for_tenant(namespace, &env.kafka_bootstrap);
         args.events_topic.clone_from(&self.events);
         args.dead_letter_topic.clone_from(&self.dead_letter);
         args.attempts_topic.clone_from(&self.attempts);
         args.consumer_group.clone_from(&self.events);
+        // No dedup topic of its own: duplicates are delivered (as before dedup existed).
+        args.dedup_topic = None;
         args.retry_topics = vec![RetryTier {
             delay: std::time::Duration::from_secs(1),
             topic: self.retry.clone(),

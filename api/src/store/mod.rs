@@ -16,7 +16,9 @@
 //!   one disk implements the trait over a server database (PostgreSQL, ClickHouse) and changes
 //!   nothing else.
 //! - A *delivery* is one event at one `Webhook`; its status is the last attempt's: `delivered`,
-//!   `retrying` (a retry is scheduled) or `dead_lettered`.
+//!   `retrying` (a retry is scheduled) or `dead_lettered` (`pending` while only a suppressed
+//!   duplicate of it is known). A suppressed duplicate counts in `duplicates` and leaves the
+//!   status as it is.
 
 pub mod rollup;
 pub mod sqlite;
@@ -80,6 +82,8 @@ pub struct Batch {
 #[serde(rename_all = "snake_case")]
 #[schemars(rename = "DeliveryStatus")]
 pub enum Status {
+    /// Read, not attempted yet (only a duplicate of it was recorded so far).
+    Pending,
     /// The receiver answered 2xx.
     Delivered,
     /// A retry is scheduled.
@@ -101,6 +105,7 @@ impl Status {
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Pending => "pending",
             Status::Delivered => "delivered",
             Status::Retrying => "retrying",
             Status::DeadLettered => "dead_lettered",
@@ -109,9 +114,14 @@ impl Status {
 
     /// Reads a stored name.
     pub fn parse(s: &str) -> Option<Status> {
-        [Status::Delivered, Status::Retrying, Status::DeadLettered]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        [
+            Status::Pending,
+            Status::Delivered,
+            Status::Retrying,
+            Status::DeadLettered,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 }
 
@@ -125,7 +135,8 @@ pub struct AttemptView {
     pub sent: bool,
     /// When it started (RFC 3339).
     pub time: String,
-    /// `delivered`, `retry`, `dead_letter` or `gone` (410: the `Webhook` was disabled).
+    /// `delivered`, `retry`, `dead_letter`, `gone` (410: the `Webhook` was disabled) or
+    /// `duplicate` (a copy with the same id, not delivered).
     pub outcome: String,
     /// The receiver's HTTP status, when it answered.
     pub status_code: Option<u16>,
@@ -169,6 +180,8 @@ pub struct DeliveryView {
     pub next_attempt_at: Option<String>,
     /// Why it was dead-lettered.
     pub dead_letter_reason: Option<String>,
+    /// Copies of the event (the same id, read again within the dedup window) not delivered.
+    pub duplicates: u32,
 }
 
 /// One delivery with its attempts, oldest first.
@@ -228,6 +241,8 @@ pub struct Counts {
     pub retrying: u64,
     /// Deliveries dead-lettered.
     pub dead_lettered: u64,
+    /// Copies of events not delivered because their id was seen within the dedup window.
+    pub duplicates: u64,
 }
 
 /// Counts and attempt-latency percentiles of one time bucket.

@@ -97,6 +97,7 @@ impl Minute {
     pub fn add(&mut self, outcome: &str, sent: bool, latency_ms: u64) {
         match outcome {
             "delivered" => self.counts.delivered += 1,
+            hookline_core::retry_topics::DUPLICATE => self.counts.duplicates += 1,
             "retry" => {
                 self.counts.failed += 1;
                 self.counts.retrying += 1;
@@ -119,6 +120,7 @@ impl Minute {
         self.counts.failed += other.counts.failed;
         self.counts.retrying += other.counts.retrying;
         self.counts.dead_lettered += other.counts.dead_lettered;
+        self.counts.duplicates += other.counts.duplicates;
         self.histogram.merge(&other.histogram);
     }
 }
@@ -187,13 +189,15 @@ mod tests {
         m.add("dead_letter", true, 30);
         m.add("gone", true, 5);
         m.add("dead_letter", false, 0);
+        m.add("duplicate", false, 0);
         assert_eq!(
             m.counts,
             Counts {
                 delivered: 1,
                 failed: 3,
                 retrying: 1,
-                dead_lettered: 3
+                dead_lettered: 3,
+                duplicates: 1,
             }
         );
         assert_eq!(m.histogram.count(), 4);

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use hookline_core::retry_topics::DUPLICATE;
 use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tracing::warn;
@@ -27,7 +28,7 @@ use super::{
     Page, Position, Result, Stats, Status, StoreError,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS positions (
@@ -38,7 +39,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
   tenant TEXT NOT NULL, event_id TEXT NOT NULL, webhook TEXT NOT NULL,
   event_type TEXT NOT NULL, key TEXT, status TEXT NOT NULL, attempts INTEGER NOT NULL,
   first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, last_status INTEGER, last_reason TEXT,
-  next_attempt_ms INTEGER, dead_letter_reason TEXT);
+  next_attempt_ms INTEGER, dead_letter_reason TEXT, duplicates INTEGER NOT NULL DEFAULT 0);
 CREATE UNIQUE INDEX IF NOT EXISTS deliveries_event ON deliveries (tenant, event_id, webhook);
 CREATE INDEX IF NOT EXISTS deliveries_time ON deliveries (tenant, first_ms);
 CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (tenant, webhook, first_ms);
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE TABLE IF NOT EXISTS rollup (
   tenant TEXT NOT NULL, webhook TEXT NOT NULL, minute INTEGER NOT NULL,
   delivered INTEGER NOT NULL, failed INTEGER NOT NULL, retrying INTEGER NOT NULL,
-  dead_lettered INTEGER NOT NULL, hist BLOB NOT NULL,
+  dead_lettered INTEGER NOT NULL, duplicates INTEGER NOT NULL, hist BLOB NOT NULL,
   PRIMARY KEY (tenant, webhook, minute)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rollup_time ON rollup (tenant, minute);
 ";
@@ -69,13 +70,22 @@ ON CONFLICT (tenant, event_id, webhook) DO UPDATE SET
   dead_letter_reason = excluded.dead_letter_reason
 RETURNING id";
 
+/// A suppressed duplicate: counted on its delivery, whose status it leaves alone (a delivery
+/// known only from a duplicate so far is `pending`).
+const UPSERT_DUPLICATE: &str = "
+INSERT INTO deliveries (tenant, event_id, webhook, event_type, key, status, attempts, first_ms,
+  last_ms, duplicates)
+VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, 1)
+ON CONFLICT (tenant, event_id, webhook) DO UPDATE SET duplicates = duplicates + 1
+RETURNING id";
+
 const INSERT_ATTEMPT: &str = "
 INSERT OR IGNORE INTO attempts (delivery, offset, attempt, sent, time_ms, outcome, status,
   latency_ms, reason, error, next_attempt_ms, dead_letter_reason)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
 const DELIVERY_COLUMNS: &str = "event_id, webhook, event_type, key, status, attempts, first_ms, \
-     last_ms, last_status, last_reason, next_attempt_ms, dead_letter_reason, id";
+     last_ms, last_status, last_reason, next_attempt_ms, dead_letter_reason, id, duplicates";
 
 /// How many reader connections are kept open.
 const READERS: usize = 4;
@@ -191,6 +201,7 @@ fn delivery_row(r: &Row<'_>) -> rusqlite::Result<(DeliveryView, i64)> {
             last_reason: r.get(9)?,
             next_attempt_at: r.get::<_, Option<i64>>(10)?.map(rfc3339),
             dead_letter_reason: r.get(11)?,
+            duplicates: r.get(13)?,
         },
         r.get(12)?,
     ))
@@ -215,7 +226,8 @@ fn unsigned(r: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
     Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0))
 }
 
-/// A rollup row's minute from its columns `delivered, failed, retrying, dead_lettered, hist`
+/// A rollup row's minute from its columns `delivered, failed, retrying, dead_lettered,
+/// duplicates, hist`
 /// starting at column `at`.
 fn minute_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Minute> {
     Ok(Minute {
@@ -224,8 +236,9 @@ fn minute_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Minute> {
             failed: unsigned(r, at + 1)?,
             retrying: unsigned(r, at + 2)?,
             dead_lettered: unsigned(r, at + 3)?,
+            duplicates: unsigned(r, at + 4)?,
         },
-        histogram: Histogram::from_bytes(&r.get::<_, Vec<u8>>(at + 4)?),
+        histogram: Histogram::from_bytes(&r.get::<_, Vec<u8>>(at + 5)?),
     })
 }
 
@@ -235,11 +248,12 @@ fn signed(n: u64) -> i64 {
 
 fn add_rollup(tx: &rusqlite::Transaction<'_>, minutes: Minutes) -> rusqlite::Result<()> {
     let mut get = tx.prepare_cached(
-        "SELECT delivered, failed, retrying, dead_lettered, hist FROM rollup
+        "SELECT delivered, failed, retrying, dead_lettered, duplicates, hist FROM rollup
          WHERE tenant = ?1 AND webhook = ?2 AND minute = ?3",
     )?;
-    let mut put =
-        tx.prepare_cached("INSERT OR REPLACE INTO rollup VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
+    let mut put = tx.prepare_cached(
+        "INSERT OR REPLACE INTO rollup VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
     for ((tenant, webhook, minute), add) in minutes {
         let mut m = get
             .query_row(params![tenant, webhook, minute], |r| minute_row(r, 0))
@@ -254,6 +268,7 @@ fn add_rollup(tx: &rusqlite::Transaction<'_>, minutes: Minutes) -> rusqlite::Res
             signed(m.counts.failed),
             signed(m.counts.retrying),
             signed(m.counts.dead_lettered),
+            signed(m.counts.duplicates),
             m.histogram.to_bytes()
         ])?;
     }
@@ -289,6 +304,7 @@ impl DeliveryLog for SqliteStore {
                 floors.insert((&p.topic, p.partition), at.unwrap_or(0));
             }
             let mut upsert = tx.prepare_cached(UPSERT_DELIVERY)?;
+            let mut duplicate = tx.prepare_cached(UPSERT_DUPLICATE)?;
             let mut insert = tx.prepare_cached(INSERT_ATTEMPT)?;
             let mut minutes = Minutes::new();
             let now = Timestamp::now().as_millisecond();
@@ -304,23 +320,37 @@ impl DeliveryLog for SqliteStore {
                 let time_ms = parse_ms(&r.time).unwrap_or(now);
                 let next_ms = r.next_attempt_at.as_deref().and_then(parse_ms);
                 let status = Status::after(&r.outcome);
-                let id: i64 = upsert.query_row(
-                    params![
-                        ing.tenant,
-                        r.event_id,
-                        r.webhook,
-                        r.event_type,
-                        r.key,
-                        status.as_str(),
-                        r.attempt,
-                        time_ms,
-                        r.status,
-                        r.reason,
-                        next_ms,
-                        r.dead_letter_reason
-                    ],
-                    |row| row.get(0),
-                )?;
+                let id: i64 = if r.outcome == DUPLICATE {
+                    duplicate.query_row(
+                        params![
+                            ing.tenant,
+                            r.event_id,
+                            r.webhook,
+                            r.event_type,
+                            r.key,
+                            time_ms
+                        ],
+                        |row| row.get(0),
+                    )?
+                } else {
+                    upsert.query_row(
+                        params![
+                            ing.tenant,
+                            r.event_id,
+                            r.webhook,
+                            r.event_type,
+                            r.key,
+                            status.as_str(),
+                            r.attempt,
+                            time_ms,
+                            r.status,
+                            r.reason,
+                            next_ms,
+                            r.dead_letter_reason
+                        ],
+                        |row| row.get(0),
+                    )?
+                };
                 insert.execute(params![
                     id,
                     ing.offset,
@@ -455,7 +485,7 @@ impl DeliveryLog for SqliteStore {
         let mut minutes = vec![Minute::default(); n];
         self.read(|conn| {
             let mut st = conn.prepare_cached(
-                "SELECT minute, delivered, failed, retrying, dead_lettered, hist FROM rollup
+                "SELECT minute, delivered, failed, retrying, dead_lettered, duplicates, hist FROM rollup
                  WHERE tenant = ?1 AND (?2 IS NULL OR webhook = ?2) AND minute >= ?3 AND minute < ?4",
             )?;
             let mut rows = st.query(params![tenant, webhook, from, to_ms])?;

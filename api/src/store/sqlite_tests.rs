@@ -251,3 +251,42 @@ fn a_file_that_is_not_a_store_is_moved_aside_and_a_new_one_made() {
         .count();
     assert_eq!(aside, 1);
 }
+
+#[test]
+fn a_suppressed_duplicate_is_counted_and_leaves_the_status_alone() {
+    let (s, _) = temp_store();
+    let mut dup = rec("e1", "w", 0, "duplicate", 90);
+    dup.sent = false;
+    dup.status = None;
+    s.apply(&batch(vec![(0, dup.clone())])).unwrap();
+    let d = s.event("acme", "e1").unwrap();
+    assert_eq!(
+        d[0].delivery.status,
+        Status::Pending,
+        "known only from a duplicate"
+    );
+    s.apply(&batch(vec![
+        (1, rec("e1", "w", 1, "delivered", 100)),
+        (2, dup),
+    ]))
+    .unwrap();
+    let d = s.event("acme", "e1").unwrap();
+    assert_eq!(d[0].delivery.status, Status::Delivered);
+    assert_eq!(d[0].delivery.duplicates, 2);
+    assert_eq!(d[0].delivery.attempts, 1);
+    let outcomes: Vec<&str> = d[0]
+        .attempt_log
+        .iter()
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(outcomes, ["duplicate", "delivered", "duplicate"]);
+    let st = s.stats("acme", None, 0, 3_600_000, 3_600_000).unwrap();
+    assert_eq!(
+        (
+            st.total.delivered,
+            st.total.duplicates,
+            st.total.dead_lettered
+        ),
+        (1, 2, 0)
+    );
+}

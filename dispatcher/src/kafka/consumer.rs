@@ -27,6 +27,8 @@ use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use hookline_core::dedup::{Remembered, Seen};
+
 use crate::ops::metrics::Metrics;
 use hookline_core::retry_topics::RetryMeta;
 
@@ -305,4 +307,55 @@ fn scan_once(
         );
     }
     Ok(found)
+}
+
+/// What the dedup topic remembers for `partitions` of the events topic: each partition of
+/// `topic` read from its start to its end when called, ids outside `window` skipped.
+///
+/// # Errors
+/// When the watermarks cannot be read, a read fails, or the end is not reached by `deadline`.
+pub fn restore_seen(
+    config: &ClientConfig,
+    topic: &str,
+    partitions: &[i32],
+    window: Duration,
+    deadline: Duration,
+) -> Result<Vec<(i32, Seen)>, rdkafka::error::KafkaError> {
+    let now_s = jiff::Timestamp::now().as_second().try_into().unwrap_or(0);
+    let mut out: HashMap<i32, Seen> = partitions.iter().map(|p| (*p, Seen::new(window))).collect();
+    let reader: BaseConsumer = config.create()?;
+    let mut assign = TopicPartitionList::new();
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for p in partitions {
+        let (low, high) = reader.fetch_watermarks(topic, *p, Duration::from_secs(15))?;
+        if low < high {
+            assign.add_partition_offset(topic, *p, Offset::Offset(low))?;
+            ends.insert(*p, high);
+        }
+    }
+    if !ends.is_empty() {
+        reader.assign(&assign)?;
+    }
+    let until = Instant::now() + deadline;
+    while !ends.is_empty() {
+        if Instant::now() >= until {
+            return Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        let Some(result) = reader.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = result?;
+        let p = msg.partition();
+        if let (Some(k), Some(v), Some(seen)) = (msg.key(), msg.payload(), out.get_mut(&p))
+            && let Some(r) = Remembered::read(k, v)
+        {
+            seen.restore(r, now_s);
+        }
+        if ends.get(&p).is_some_and(|end| msg.offset() + 1 >= *end) {
+            ends.remove(&p);
+        }
+    }
+    Ok(out.into_iter().collect())
 }

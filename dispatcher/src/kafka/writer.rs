@@ -1,5 +1,5 @@
 //! Every record the dispatcher writes to Kafka goes through the [`Writer`]: retry records to
-//! the delay tiers, dead letters, re-parked and forwarded records ([`Out`], retried until Kafka
+//! the delay tiers, dead letters, the ids remembered in the dedup topic, re-parked and forwarded records ([`Out`], retried until Kafka
 //! acknowledges it: `acks=all`, idempotent producer) and the best-effort attempt records.
 //!
 //! Guarantees: [`Writer::write`] returns only once Kafka has acknowledged the record, so an
@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use hookline_core::dedup::Remembered;
 use hookline_core::envelope::Event;
 use hookline_core::retry_topics::{AttemptRecord, DeadLetter, RetryMeta, Tiers};
 use jiff::Timestamp;
@@ -46,6 +47,8 @@ pub struct Writer {
     pub dead_letter_topic: String,
     /// The attempts topic.
     pub attempts_topic: String,
+    /// The dedup topic, when duplicates are suppressed.
+    pub dedup_topic: Option<String>,
 }
 
 fn header_bytes(headers: Vec<(&'static str, String)>) -> Vec<(String, Vec<u8>)> {
@@ -127,6 +130,18 @@ impl Writer {
             key: event.key.as_ref().map(|k| k.as_bytes().to_vec()),
             value: event.to_envelope(),
             headers: header_bytes(dl.headers(Timestamp::now())),
+            timestamp: None,
+        }
+    }
+
+    /// The record remembering `r` in the dedup topic, on the events record's `partition`.
+    pub fn remember_record(&self, topic: &str, partition: i32, r: &Remembered) -> Out {
+        Out {
+            topic: topic.to_owned(),
+            partition: Some(partition),
+            key: Some(r.key().to_vec()),
+            value: Bytes::copy_from_slice(&r.value()),
+            headers: Vec::new(),
             timestamp: None,
         }
     }

@@ -34,7 +34,8 @@ pub struct Metrics {
     /// Deliveries held in memory (running, waiting for a slot, parked).
     pub in_flight: IntGaugeVec,
     /// Records read, by outcome (`event`, `malformed`, `retry`, `postponed`,
-    /// `orphaned` for retries whose `Webhook` is gone).
+    /// `orphaned` for retries whose `Webhook` is gone, `duplicate` for events whose id was
+    /// seen within the dedup window).
     pub records: IntCounterVec,
     /// Status writes by outcome (`ok`, `conflict`, `error`).
     pub status_writes: IntCounterVec,

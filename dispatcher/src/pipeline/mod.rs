@@ -43,7 +43,14 @@
 //!   once the receiver is back.
 //! - A retry for a `Webhook` that no longer exists is dropped (logged, counted
 //!   as `orphaned`).
+//! - Duplicates ([`hookline_core::dedup`]): an events record whose id its partition saw within
+//!   `--dedup-window` at another offset is not delivered (counted as `duplicate`, and in the
+//!   delivery log); a first one is remembered in the dedup topic, and its offset is committed
+//!   only once that write is acknowledged, so what a committed offset covers is remembered
+//!   after a restart or a rebalance. A crash may still deliver the *same* record twice (at
+//!   least once, as before); ids are per partition (see the module).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -60,6 +67,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use hookline_core::dedup::Seen;
 use hookline_core::envelope::Limits;
 use hookline_core::lanes::{Admit, Lanes, Place};
 use hookline_core::status::Hold;
@@ -107,6 +115,8 @@ pub struct Wiring {
     pub limits: Limits,
     /// How long deliveries may finish on shutdown.
     pub grace: Duration,
+    /// How long event ids are remembered (with `shared.writer.dedup_topic`).
+    pub dedup_window: Duration,
 }
 
 /// The running pipeline.
@@ -122,6 +132,8 @@ pub struct Pipeline {
     ),
     backpressure: bool,
     stopping: bool,
+    /// The event ids each assigned events partition has seen (none without a dedup topic).
+    dedup: HashMap<i32, Seen>,
 }
 
 impl Pipeline {
@@ -137,6 +149,7 @@ impl Pipeline {
             scans: mpsc::unbounded_channel(),
             backpressure: false,
             stopping: false,
+            dedup: HashMap::new(),
         }
     }
 
@@ -342,13 +355,29 @@ impl Pipeline {
                 total: &self.total,
             };
             match tier {
-                None => records::from_event(&msg, &source, &cx),
+                None => {
+                    records::from_event(&msg, &source, &cx, self.dedup.get_mut(&source.partition))
+                }
                 Some(tier) => records::from_retry(&msg, &source, tier, step, &cx),
             }
         };
         match fate {
-            Fate::Jobs { jobs, from_retry } => {
-                self.partitions.track(&source, jobs.len());
+            Fate::Jobs {
+                jobs,
+                from_retry,
+                remember,
+            } => {
+                // Remembering the id is part of settling the record: its offset is committed
+                // only once the dedup topic has it.
+                self.partitions
+                    .track(&source, jobs.len() + usize::from(remember.is_some()));
+                if let Some(out) = remember {
+                    self.tasks.spawn(attempt::forward(
+                        out,
+                        source.clone(),
+                        self.wiring.shared.clone(),
+                    ));
+                }
                 for job in jobs {
                     self.route(job, from_retry);
                 }
@@ -374,6 +403,7 @@ impl Pipeline {
                         .remove(tp);
                     if tp.0 == events_topic {
                         self.lanes.revoke(tp.1);
+                        self.dedup.remove(&tp.1);
                     }
                 }
             }
@@ -384,14 +414,33 @@ impl Pipeline {
                 for tp in tps.iter().filter(|tp| tp.0 == events_topic) {
                     self.lanes.assign(tp.1, epoch);
                 }
+                let events: Vec<i32> = tps
+                    .iter()
+                    .filter(|tp| tp.0 == events_topic)
+                    .map(|tp| tp.1)
+                    .collect();
                 let (consumer, config, tx) = (
                     self.wiring.consumer.clone(),
                     self.wiring.scanner.clone(),
                     self.scans.0.clone(),
                 );
+                let (dedup_topic, window) = (
+                    self.wiring.shared.writer.dedup_topic.clone(),
+                    self.wiring.dedup_window,
+                );
                 tokio::task::spawn_blocking(move || {
                     let result = consumer::scan(&config, &consumer, &retry_tps, SCAN_DEADLINE);
-                    let _ = tx.send(ScanDone { epoch, result });
+                    let seen = match &dedup_topic {
+                        Some(topic) => {
+                            consumer::restore_seen(&config, topic, &events, window, SCAN_DEADLINE)
+                        }
+                        None => Ok(Vec::new()),
+                    };
+                    let _ = tx.send(ScanDone {
+                        epoch,
+                        result,
+                        seen,
+                    });
                 });
             }
         }
@@ -423,6 +472,34 @@ impl Pipeline {
             }
             Err(e) => {
                 warn!(error = %e, "cannot scan the retry topics; per-key order of retries pending from before is best effort")
+            }
+        }
+        match s.seen {
+            Ok(seen) => {
+                let ids: usize = seen.iter().map(|(_, s)| s.len()).sum();
+                if self.wiring.shared.writer.dedup_topic.is_some() {
+                    info!(
+                        partitions = seen.len(),
+                        ids, "event ids seen within the dedup window restored"
+                    );
+                }
+                self.dedup.extend(seen);
+            }
+            Err(e) => {
+                // Dedup goes on from what this process sees; duplicates of what came before
+                // the restart may be delivered (at least once still holds).
+                warn!(error = %e, "cannot restore the event ids seen; duplicates of earlier events may be delivered");
+                let events_topic = self.wiring.shared.writer.events_topic.clone();
+                for tp in self
+                    .partitions
+                    .tps()
+                    .into_iter()
+                    .filter(|tp| tp.0 == events_topic)
+                {
+                    self.dedup
+                        .entry(tp.1)
+                        .or_insert_with(|| Seen::new(self.wiring.dedup_window));
+                }
             }
         }
         self.partitions.scanned(s.epoch);

@@ -34,6 +34,9 @@ pub struct ScanDone {
     pub epoch: u64,
     /// The retries still pending, or why the scan failed.
     pub result: Result<Vec<PendingRetry>, KafkaError>,
+    /// The ids each assigned events partition remembers, restored from the dedup topic (empty
+    /// without one), or why they could not be.
+    pub seen: Result<Vec<(i32, hookline_core::dedup::Seen)>, KafkaError>,
 }
 
 /// A record that may go now.

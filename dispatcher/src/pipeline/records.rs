@@ -10,8 +10,9 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
+use hookline_core::dedup::{Check, Remembered, Seen, id_hash};
 use hookline_core::envelope::{self, Event, Limits};
-use hookline_core::retry_topics::{DeadLetter, RetryMeta, Step};
+use hookline_core::retry_topics::{AttemptRecord, DUPLICATE, DeadLetter, RetryMeta, Step};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use tracing::{debug, info};
 
@@ -51,6 +52,9 @@ pub enum Fate {
         jobs: Vec<Job>,
         /// Whether they come from a retry topic.
         from_retry: bool,
+        /// The dedup-topic record remembering the event's id, to write before the record is
+        /// settled (a first sighting, with dedup on).
+        remember: Option<Out>,
     },
     /// A record to write as it is (a re-park in another tier, or a dead letter), settled once
     /// written.
@@ -70,8 +74,16 @@ pub struct Context<'a> {
 }
 
 /// An events record: parsed and fanned out to the endpoints whose patterns match its type, or
-/// dead-lettered as it was, with the reason, when it cannot be parsed.
-pub fn from_event(msg: &OwnedMessage, source: &Source, cx: &Context<'_>) -> Fate {
+/// dead-lettered as it was, with the reason, when it cannot be parsed. With `seen` (dedup on), a
+/// record whose id the partition saw at another offset within the window fans out to nothing
+/// (one `duplicate` attempt record per matching endpoint says so), and a first one comes with
+/// the record that remembers it.
+pub fn from_event(
+    msg: &OwnedMessage,
+    source: &Source,
+    cx: &Context<'_>,
+    seen: Option<&mut Seen>,
+) -> Fate {
     let headers = header_pairs(msg);
     let event = match envelope::parse(&record(msg, &headers), cx.limits) {
         Ok(event) => Arc::new(event),
@@ -81,7 +93,6 @@ pub fn from_event(msg: &OwnedMessage, source: &Source, cx: &Context<'_>) -> Fate
             return bury_raw(msg, &headers, source, e.reason(), &e.to_string(), None, cx);
         }
     };
-    cx.shared.metrics.record("event");
     let targets: Vec<Arc<Endpoint>> = cx
         .registry
         .snapshot()
@@ -93,6 +104,42 @@ pub fn from_event(msg: &OwnedMessage, source: &Source, cx: &Context<'_>) -> Fate
                 .is_ok_and(|s| s.matcher.matches(&event.event_type))
         })
         .collect();
+    let mut remember = None;
+    if let Some(seen) = seen {
+        let now_s = u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0);
+        let hash = id_hash(&event.id);
+        match seen.check(hash, source.offset, now_s) {
+            Check::Duplicate { first_offset } => {
+                cx.shared.metrics.record("duplicate");
+                info!(event_id = %event.id, partition = source.partition, offset = source.offset, first_offset, "duplicate event not delivered");
+                for endpoint in &targets {
+                    cx.shared
+                        .writer
+                        .record_attempt(&duplicate(&event, endpoint, first_offset));
+                }
+                return Fate::Jobs {
+                    jobs: Vec::new(),
+                    from_retry: false,
+                    remember: None,
+                };
+            }
+            Check::First => {
+                remember = cx.shared.writer.dedup_topic.as_deref().map(|topic| {
+                    cx.shared.writer.remember_record(
+                        topic,
+                        source.partition,
+                        &Remembered {
+                            hash,
+                            offset: source.offset,
+                            at_s: now_s,
+                        },
+                    )
+                });
+            }
+            Check::Again => {}
+        }
+    }
+    cx.shared.metrics.record("event");
     debug!(event_id = %event.id, event_type = %event.event_type, webhooks = targets.len(), "event");
     let payload = event.payload();
     let jobs = targets
@@ -112,6 +159,29 @@ pub fn from_event(msg: &OwnedMessage, source: &Source, cx: &Context<'_>) -> Fate
     Fate::Jobs {
         jobs,
         from_retry: false,
+        remember,
+    }
+}
+
+/// The attempt record saying that a copy of `event` was not delivered to `endpoint`.
+fn duplicate(event: &Event, endpoint: &Endpoint, first_offset: i64) -> AttemptRecord {
+    AttemptRecord {
+        event_id: event.id.clone(),
+        event_type: event.event_type.clone(),
+        key: event.key.clone(),
+        webhook: endpoint.name.to_string(),
+        attempt: 0,
+        sent: false,
+        status: None,
+        latency_ms: 0,
+        outcome: DUPLICATE.to_owned(),
+        reason: Some(DUPLICATE.to_owned()),
+        error: Some(format!(
+            "not delivered: the same event id was read at offset {first_offset} of this partition within the dedup window"
+        )),
+        next_attempt_at: None,
+        dead_letter_reason: None,
+        time: jiff::Timestamp::now().to_string(),
     }
 }
 
@@ -187,6 +257,7 @@ pub fn from_retry(
         return Fate::Jobs {
             jobs: Vec::new(),
             from_retry: true,
+            remember: None,
         };
     };
     let event = match envelope::parse(&record(msg, &headers), cx.limits) {
@@ -217,6 +288,7 @@ pub fn from_retry(
     Fate::Jobs {
         jobs: vec![job],
         from_retry: true,
+        remember: None,
     }
 }
 
