@@ -112,6 +112,27 @@ event=$(api "deliveries?webhook=all-decisions&limit=1" | python3 -c 'import json
 echo "what became of event $event (GET …/deliveries/$event):"
 api "deliveries/$event" | python3 -m json.tool
 
+# Publishing over HTTP, twice with one Idempotency-Key: 202 both times, delivered once.
+kubectl -n $NS create serviceaccount decisions --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n $NS create rolebinding decisions-publish --clusterrole=hookline-publisher --serviceaccount=$NS:decisions \
+  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+PUB=$(kubectl -n $NS create token decisions)
+idem="demo-$(date +%s)"
+for copy in 1 2; do
+  printf 'POST …/events (copy %s, Idempotency-Key %s): ' "$copy" "$idem"
+  curl -sS --max-time 10 -H "Authorization: Bearer $PUB" -H 'content-type: application/json' -H "Idempotency-Key: $idem" \
+    "$HOOKLINE_API/api/v1/tenants/$NS/events" \
+    -d '{"type":"transaction.approved","key":"tx_demo","data":{"transactionId":"tx_demo","decision":"APPROVE"}}'
+  echo
+done
+fate=""
+for _ in $(seq 60); do
+  fate=$(api "deliveries/$idem" | python3 -c 'import json,sys; d=[x for x in json.load(sys.stdin)["deliveries"] if x["webhook"]=="all-decisions"][0]; print(d["status"], d["duplicates"])' 2>/dev/null || true)
+  [[ $fate == "delivered 1" ]] && break; sleep 1
+done
+echo "delivery log for $idem at all-decisions: ${fate:-nothing} (status, duplicates suppressed)"
+[[ $fate == "delivered 1" ]] || { echo "demo: the published event was not delivered once with one duplicate suppressed" >&2; exit 1; }
+
 cat <<EOF
 
 The tenant API (hookline-api): callers authenticate with their own Kubernetes token and RBAC decides.

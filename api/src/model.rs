@@ -139,6 +139,21 @@ pub struct TestResult {
     pub sent_at: Option<String>,
 }
 
+impl TestResult {
+    /// Test `id`, asked for and not answered yet.
+    pub fn pending(id: &str) -> TestResult {
+        TestResult {
+            id: id.to_owned(),
+            state: TestState::Pending,
+            success: None,
+            status_code: None,
+            latency_ms: None,
+            error: None,
+            sent_at: None,
+        }
+    }
+}
+
 /// A signing secret, as receivers configure it.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -262,6 +277,10 @@ pub struct StatsView {
     pub stats: Stats,
 }
 
+/// What an event id may be (as the dispatcher reads it, `hookline_core::envelope`): visible ASCII,
+/// no spaces; 1 to 255 of them.
+pub const EVENT_ID_PATTERN: &str = "^[!-~]+$";
+
 /// One event to publish.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -269,13 +288,19 @@ pub struct PublishEvent {
     /// The event id (`webhook-id` on the wire, the receivers' idempotency key): 1–255 visible
     /// ASCII characters. Default: the `Idempotency-Key` header, else a new `evt_…` id.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 255), regex(pattern = EVENT_ID_PATTERN))]
     pub id: Option<String>,
     /// The event type, matched against each Webhook's `eventTypes`: letters, digits, `.`, `_`,
     /// `-`, starting with a letter or digit.
     #[serde(rename = "type")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
+    )]
     pub event_type: String,
     /// When it happened (RFC 3339). Default: when it was received.
     #[serde(default)]
+    #[schemars(extend("format" = "date-time"))]
     pub timestamp: Option<String>,
     /// The ordering key: events with the same key reach each Webhook in the order published.
     /// Default: the id (no ordering between events).

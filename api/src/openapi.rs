@@ -12,7 +12,7 @@ use crate::model::{
     DeliveriesQuery, DeliveryPage, EventDeliveries, RotationRequested, SecretView, StatsQuery,
     StatsView, TestResult, WebhookCreate, WebhookList, WebhookPatch, WebhookReplace, WebhookView,
 };
-use crate::model::{LABEL_PATTERN, SUBDOMAIN_PATTERN};
+use crate::model::{EVENT_ID_PATTERN, LABEL_PATTERN, SUBDOMAIN_PATTERN};
 use crate::model::{PublishBatch, PublishEvent, Published, PublishedBatch};
 use crate::problem::{Problem, documented};
 
@@ -367,7 +367,7 @@ pub fn document() -> Value {
         {
             p.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
                           "description": "Becomes the event id when the body has none: send the same key again and it is the same event",
-                          "schema": {"type": "string"}}));
+                          "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": EVENT_ID_PATTERN}}));
         }
         if matches!(op.method, "put" | "patch" | "delete")
             && let Some(p) = operation["parameters"].as_array_mut()

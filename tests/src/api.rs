@@ -71,6 +71,16 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// The process an [`OwnApi`] runs, when not the tests' ([`OwnApi::start_built`]); flags are
+/// given as for [`OwnApi::start_with`]. Every field left `None` keeps the tests' choice.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOptions {
+    /// The binary (tests: the debug build; the benchmark: the release build).
+    pub binary: Option<PathBuf>,
+    /// `RUST_LOG` (tests: `info,hookline_api=debug`).
+    pub log_level: Option<String>,
+}
+
 /// A running (or stopped) `hookline-api`.
 pub struct OwnApi {
     /// `http://127.0.0.1:<port>`.
@@ -84,6 +94,8 @@ pub struct OwnApi {
     log: PathBuf,
     child: Option<Child>,
     http: reqwest::Client,
+    binary: PathBuf,
+    log_level: String,
 }
 
 impl OwnApi {
@@ -106,6 +118,21 @@ impl OwnApi {
         dump: &mut LogDump,
         flags: &[&str],
     ) -> anyhow::Result<OwnApi> {
+        Self::start_built(env, admin, dump, flags, ApiOptions::default()).await
+    }
+
+    /// Like [`OwnApi::start_with`], running another build or with another log level (`opts`);
+    /// a `--store=` flag names the store file, which may already hold a delivery log.
+    ///
+    /// # Errors
+    /// As [`OwnApi::start`]; also when the binary is missing.
+    pub async fn start_built(
+        env: &Env,
+        admin: &Client,
+        dump: &mut LogDump,
+        flags: &[&str],
+        opts: ApiOptions,
+    ) -> anyhow::Result<OwnApi> {
         let dir = std::env::temp_dir().join(format!("hookline-api-{}", random_suffix()));
         std::fs::create_dir_all(&dir)?;
         let token = token(admin, OPERATOR_NAMESPACE, "hookline-api").await?;
@@ -119,7 +146,10 @@ impl OwnApi {
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, serde_yaml::to_string(&kc)?)?;
         let (port, ops) = (free_port()?, free_port()?);
-        let store = dir.join("deliveries.db");
+        let store = flags
+            .iter()
+            .find_map(|f| f.strip_prefix("--store="))
+            .map_or_else(|| dir.join("deliveries.db"), PathBuf::from);
         let args = vec![
             format!("--listen=127.0.0.1:{port}"),
             format!("--ops-listen=127.0.0.1:{ops}"),
@@ -146,6 +176,10 @@ impl OwnApi {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
+            binary: opts.binary.unwrap_or_else(|| debug_binary("hookline-api")),
+            log_level: opts
+                .log_level
+                .unwrap_or_else(|| "info,hookline_api=debug".to_owned()),
         };
         api.restart().await?;
         Ok(api)
@@ -156,10 +190,10 @@ impl OwnApi {
     /// # Errors
     /// When it does not start or get ready within a minute.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        let binary = debug_binary("hookline-api");
+        let binary = &self.binary;
         anyhow::ensure!(
             binary.exists(),
-            "{} is missing: cargo build -p hookline-api",
+            "{} is missing: cargo build -p hookline-api (--release for a release build)",
             binary.display()
         );
         let out = std::fs::OpenOptions::new()
@@ -169,7 +203,7 @@ impl OwnApi {
         let child = std::process::Command::new(binary)
             .env_clear()
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,hookline_api=debug")
+            .env("RUST_LOG", &self.log_level)
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .args(&self.args)
             .stdout(out.try_clone()?)
@@ -183,6 +217,16 @@ impl OwnApi {
             async move { Ok(crate::http_get(&ops, "/readyz").ok().map(|_| ())) }
         })
         .await
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The log file (stdout and stderr).
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
     }
 
     /// SIGKILL, no shutdown.
@@ -238,6 +282,23 @@ impl OwnApi {
         ))
     }
 
+    /// `POST /api/v1/tenants/{tenant}/events` of `body` as `token` with `headers`; status,
+    /// headers and JSON body.
+    ///
+    /// # Errors
+    /// When the request cannot be made.
+    pub async fn publish(
+        &self,
+        tenant: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, BTreeMap<String, String>, Value)> {
+        let path = format!("/api/v1/tenants/{tenant}/events");
+        self.call("POST", &path, Some(token), Some(body), headers)
+            .await
+    }
+
     /// `GET path` as `token`, expecting 200; the JSON.
     ///
     /// # Errors
@@ -252,5 +313,49 @@ impl OwnApi {
 impl Drop for OwnApi {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A tenant set up for publishing: `Webhook` `orders` (`transaction.*`, with `extra` in its spec)
+/// delivering to a receiver at `/orders`, a `hookline-api` of the test's own, and the tokens of
+/// a publisher (`hookline-publisher`) and a viewer (`hookline-tenant-view`).
+pub struct Publishing {
+    /// The tenant.
+    pub t: crate::tenant::Tenant,
+    /// The receiver.
+    pub rx: crate::receiver::Receiver,
+    /// The API.
+    pub api: OwnApi,
+    /// A token that may publish.
+    pub publisher: String,
+    /// A token that may read the delivery log.
+    pub viewer: String,
+}
+
+impl Publishing {
+    /// Sets it all up in `hl-<prefix>-…`.
+    ///
+    /// # Panics
+    /// When any part cannot be made.
+    pub async fn start(prefix: &str, extra: Value, dump: &mut LogDump) -> Publishing {
+        let t = crate::tenant::Tenant::create(prefix).await;
+        let rx = crate::receiver::Receiver::start().await.unwrap();
+        t.webhook("orders", &rx.url("/orders"), &["transaction.*"], extra)
+            .await;
+        let api = OwnApi::start(&t.env, &t.client, dump).await.unwrap();
+        let ns = t.ns.name.clone();
+        let publisher = tenant_token(&t.client, &ns, "publisher", Some("hookline-publisher"))
+            .await
+            .unwrap();
+        let viewer = tenant_token(&t.client, &ns, "viewer", Some("hookline-tenant-view"))
+            .await
+            .unwrap();
+        Publishing {
+            t,
+            rx,
+            api,
+            publisher,
+            viewer,
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! [`LogDump`] prints the tails of the component and Pod logs.
 
 pub mod api;
+pub mod broker;
 pub mod crd;
 pub mod dispatcher;
 pub mod events;

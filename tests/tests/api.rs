@@ -414,6 +414,8 @@ async fn a_tenant_token_reaches_nothing_of_another_tenant_and_a_viewer_neither_w
             let missing = &res["missing"];
             let want = if path.ends_with("/secret") {
                 "secrets"
+            } else if path.contains("/events") {
+                "webhookevents"
             } else {
                 "webhooks"
             };

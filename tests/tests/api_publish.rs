@@ -6,8 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use hookline_tests::api::{OwnApi, tenant_token};
-use hookline_tests::receiver::Receiver;
+use hookline_tests::api::{OwnApi, Publishing, tenant_token};
 use hookline_tests::tenant::Tenant;
 use hookline_tests::verify::{Scratch, jsonl, verify_with_library};
 use hookline_tests::{LogDump, TestNamespace, kafka, python, random_suffix, wait};
@@ -29,19 +28,15 @@ async fn a_published_event_is_durable_delivered_signed_and_logged_and_a_refused_
         .unwrap()
         .expect("a venv with the PyPI standardwebhooks library");
     let mut dump = LogDump::new();
-    let t = Tenant::create("pub").await;
+    let Publishing {
+        t,
+        rx,
+        api,
+        publisher,
+        viewer,
+    } = Publishing::start("pub", json!({}), &mut dump).await;
     let ns = t.ns.name.clone();
     let other = TestNamespace::create(&t.env, &t.client, "pubother")
-        .await
-        .unwrap();
-    let rx = Receiver::start().await.unwrap();
-    t.webhook("orders", &rx.url("/orders"), &["transaction.*"], json!({}))
-        .await;
-    let api = OwnApi::start(&t.env, &t.client, &mut dump).await.unwrap();
-    let publisher = tenant_token(&t.client, &ns, "publisher", Some("hookline-publisher"))
-        .await
-        .unwrap();
-    let viewer = tenant_token(&t.client, &ns, "viewer", Some("hookline-tenant-view"))
         .await
         .unwrap();
     let pubr = Some(publisher.as_str());
@@ -288,4 +283,225 @@ async fn without_kafka_a_publish_is_a_503_within_the_bound_and_never_a_202() {
         // The bound is the publish timeout; the slack is for a loaded 2-core machine.
         assert!(took < Duration::from_secs(10), "answered after {took:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_that_got_a_202_is_delivered_after_a_kill_9_of_the_api_under_load() {
+    // Bounded load: at most RATE requests a second for at most SECONDS, on 32 connections.
+    const RATE: u64 = 2_000;
+    const SECONDS: u64 = 6;
+    let mut dump = LogDump::new();
+    let Publishing {
+        t,
+        rx,
+        mut api,
+        publisher,
+        ..
+    } = Publishing::start(
+        "pubkill",
+        json!({"delivery": {"maxInFlight": 256}}),
+        &mut dump,
+    )
+    .await;
+    let ns = t.ns.name.clone();
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let load = (0..32u64).map(|worker| {
+        let (accepted, answered) = (accepted.clone(), answered.clone());
+        let (url, token) = (format!("{}{}", api.base, events(&ns)), publisher.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            let per_worker = Duration::from_micros(1_000_000 * 32 / RATE);
+            let mut n = 0u64;
+            while started.elapsed() < Duration::from_secs(SECONDS) {
+                let tick = Instant::now();
+                let id = format!("evt_load_{worker}_{n}");
+                n += 1;
+                let body = json!({"id": id, "type": "transaction.approved", "data": {"n": n}});
+                let res = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                if let Ok(r) = res {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if r.status().as_u16() == 202 {
+                        accepted.lock().unwrap().insert(id);
+                    }
+                }
+                if let Some(rest) = per_worker.checked_sub(tick.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+            }
+        })
+    });
+    let load: Vec<_> = load.collect();
+    // Kill it once a few hundred events were accepted, mid-load.
+    wait::until(
+        Duration::from_secs(60),
+        "300 events accepted under load",
+        || async { Ok((accepted.lock().unwrap().len() >= 300).then_some(())) },
+    )
+    .await
+    .unwrap();
+    api.kill9();
+    let at_kill = accepted.lock().unwrap().len();
+    for l in load {
+        l.await.unwrap();
+    }
+    let accepted: BTreeSet<String> = accepted.lock().unwrap().clone();
+    eprintln!(
+        "{} requests answered, {} accepted ({at_kill} before the kill)",
+        answered.load(std::sync::atomic::Ordering::Relaxed),
+        accepted.len()
+    );
+    assert!(accepted.len() >= at_kill);
+    // Every 202 is delivered (verified by id); nothing is needed of the requests the kill cut.
+    wait::until(
+        Duration::from_secs(180),
+        "every accepted event delivered",
+        || async {
+            let got: BTreeSet<String> = rx
+                .requests("/orders")
+                .iter()
+                .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+                .collect();
+            let missing = accepted.difference(&got).count();
+            anyhow::ensure!(
+                missing == 0,
+                "{missing} of {} accepted events not delivered yet",
+                accepted.len()
+            );
+            Ok(Some(()))
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Creates `topic` with one partition on the broker at `bootstrap`.
+async fn create_topic(bootstrap: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let r = admin
+        .create_topics(
+            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_kafka_is_down_nothing_gets_a_202_and_every_202_before_and_after_is_in_kafka() {
+    let mut dump = LogDump::new();
+    // A Kafka of the test's own, so that it can be frozen and killed without the shared one.
+    let env = hookline_tests::Env::get().unwrap();
+    let admin = env.client().await.unwrap();
+    hookline_tests::install::controller(&env, &admin)
+        .await
+        .unwrap();
+    let ns = TestNamespace::create(&env, &admin, "pubkafka")
+        .await
+        .unwrap();
+    let mut broker = hookline_tests::broker::Broker::start(&env, &mut dump)
+        .await
+        .unwrap();
+    let topic = hookline_core::naming::topics(&ns.name).events;
+    create_topic(&broker.bootstrap, &topic).await;
+    let api = OwnApi::start_with(
+        &env,
+        &admin,
+        &mut dump,
+        &[
+            &format!("--kafka-bootstrap={}", broker.bootstrap),
+            "--publish-timeout=2s",
+        ],
+    )
+    .await
+    .unwrap();
+    let publisher = tenant_token(&admin, &ns.name, "publisher", Some("hookline-publisher"))
+        .await
+        .unwrap();
+    let post = |id: String| {
+        let (api, path, token) = (&api, events(&ns.name), publisher.clone());
+        async move {
+            let body = json!({"id": id, "type": "transaction.approved", "data": {}});
+            let started = Instant::now();
+            let (s, h, _) = api
+                .call("POST", &path, Some(&token), Some(&body), &[])
+                .await
+                .unwrap();
+            (s, h.contains_key("retry-after"), started.elapsed())
+        }
+    };
+    let mut accepted = BTreeSet::new();
+    for i in 0..20 {
+        let id = format!("evt_before_{i}");
+        assert_eq!(post(id.clone()).await.0, 202);
+        accepted.insert(id);
+    }
+
+    // Frozen: every POST is a 503 with Retry-After within the bound, none a 202.
+    broker.freeze();
+    let down = futures::future::join_all((0..5).map(|i| post(format!("evt_down_{i}")))).await;
+    for (status, retry_after, took) in down {
+        assert_eq!(status, 503);
+        assert!(retry_after);
+        // The bound is the publish timeout (2 s); the slack is for a loaded 2-core machine.
+        assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    }
+
+    // Back: POSTs succeed again.
+    broker.thaw();
+    let mut n = 0;
+    wait::until(Duration::from_secs(60), "a 202 once Kafka is back", || {
+        n += 1;
+        let id = format!("evt_back_{n}");
+        let post = &post;
+        async move { Ok((post(id.clone()).await.0 == 202).then_some(id)) }
+    })
+    .await
+    .map(|id| accepted.insert(id))
+    .unwrap();
+    for i in 0..20 {
+        let id = format!("evt_after_{i}");
+        assert_eq!(post(id.clone()).await.0, 202);
+        accepted.insert(id);
+    }
+
+    // Killed and started again on its data: every event that got a 202 is there.
+    broker.kill();
+    broker.restart().await.unwrap();
+    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", format!("hl-test-{}", random_suffix()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    rdkafka::consumer::Consumer::subscribe(&consumer, &[topic.as_str()]).unwrap();
+    let mut found = BTreeSet::new();
+    let end = Instant::now() + Duration::from_secs(90);
+    while !accepted.is_subset(&found) && Instant::now() < end {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            let v: Value =
+                serde_json::from_slice(rdkafka::Message::payload(&m).unwrap_or_default())
+                    .unwrap_or(Value::Null);
+            if let Some(id) = v["id"].as_str() {
+                found.insert(id.to_owned());
+            }
+        }
+    }
+    let missing: Vec<_> = accepted.difference(&found).collect();
+    assert!(missing.is_empty(), "accepted but not in Kafka: {missing:?}");
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use hookline_tests::api::{OwnApi, tenant_token};
+use hookline_tests::api::Publishing;
 use hookline_tests::receiver::Receiver;
 use hookline_tests::tenant::{Tenant, WITHIN};
 use hookline_tests::{LogDump, install, pods, random_suffix, wait};
@@ -65,31 +65,20 @@ fn requests_for(rx: &Receiver, id: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_of_an_event_over_http_and_kafka_are_delivered_once_also_across_a_kill_9() {
     let mut dump = LogDump::new();
-    let t = Tenant::create("dedup").await;
+    let Publishing {
+        t,
+        rx,
+        api,
+        publisher,
+        viewer,
+    } = Publishing::start("dedup", json!({}), &mut dump).await;
     let ns = t.ns.name.clone();
-    let rx = Receiver::start().await.unwrap();
-    t.webhook("orders", &rx.url("/orders"), &["transaction.*"], json!({}))
-        .await;
-    let api = OwnApi::start(&t.env, &t.client, &mut dump).await.unwrap();
-    let publisher = tenant_token(&t.client, &ns, "publisher", Some("hookline-publisher"))
-        .await
-        .unwrap();
-    let viewer = tenant_token(&t.client, &ns, "viewer", Some("hookline-tenant-view"))
-        .await
-        .unwrap();
-    let path = format!("/api/v1/tenants/{ns}/events");
     let publish = |key: String| {
-        let (api, path, publisher) = (&api, path.clone(), publisher.clone());
+        let (api, ns, publisher) = (&api, ns.clone(), publisher.clone());
         async move {
             let body = json!({"type": "transaction.approved", "data": {"tx": 1}});
             let (s, _, res) = api
-                .call(
-                    "POST",
-                    &path,
-                    Some(&publisher),
-                    Some(&body),
-                    &[("idempotency-key", &key)],
-                )
+                .publish(&ns, &publisher, &body, &[("idempotency-key", &key)])
                 .await
                 .unwrap();
             assert_eq!((s, res["id"].as_str()), (202, Some(key.as_str())), "{res}");

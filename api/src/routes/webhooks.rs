@@ -269,15 +269,7 @@ pub fn test_result(w: &Webhook, id: &str) -> Option<TestResult> {
         .as_ref()
         .and_then(|a| a.get(annotations::TEST))
         .is_some_and(|v| v == id);
-    asked.then(|| TestResult {
-        id: id.to_owned(),
-        state: TestState::Pending,
-        success: None,
-        status_code: None,
-        latency_ms: None,
-        error: None,
-        sent_at: None,
-    })
+    asked.then(|| TestResult::pending(id))
 }
 
 fn test_response(tenant: &str, n: &str, r: TestResult) -> Response {
@@ -310,15 +302,7 @@ pub async fn test(
     let deadline = Instant::now() + app.test_wait;
     loop {
         let w = get_one(&app, &caller, &tenant, &n).await?;
-        let r = test_result(&w, &id).unwrap_or(TestResult {
-            id: id.clone(),
-            state: TestState::Pending,
-            success: None,
-            status_code: None,
-            latency_ms: None,
-            error: None,
-            sent_at: None,
-        });
+        let r = test_result(&w, &id).unwrap_or_else(|| TestResult::pending(&id));
         if r.state == TestState::Done || Instant::now() >= deadline {
             return Ok(test_response(&tenant, &n, r));
         }
