@@ -6,8 +6,9 @@
 //! topic as a [`Remembered`] record, so a dispatcher that takes the partition over restores it.
 //!
 //! # Guarantees
-//! - Memory: 16 bytes of id hash and 8 of offset per id, in hash maps of one generation each
-//!   (a 24th of the window); measured per id in `BENCHMARKS.md`.
+//! - Memory: 16 bytes of id hash and 8 of offset per id (24-byte map entries), in hash maps of
+//!   one generation each (a 24th of the window); measured per id in `BENCHMARKS.md`
+//!   (`hookline-bench`'s `dedup-memory`).
 //! - A whole generation is forgotten at once when it is older than the window, so an id is
 //!   remembered for at least the window and at most a 24th of it longer.
 //!
@@ -50,13 +51,21 @@ pub enum Check {
 /// How many generations a window is cut into.
 pub const GENERATIONS: u64 = 24;
 
+/// An [`IdHash`] as two words: 8-byte aligned, so a map entry (key and offset) is 24 bytes
+/// where a `u128` key (16-byte aligned) would make it 32.
+type Key = (u64, u64);
+
+fn key(hash: IdHash) -> Key {
+    ((hash >> 64) as u64, hash as u64)
+}
+
 /// The ids one partition has seen.
 #[derive(Debug, Clone)]
 pub struct Seen {
     window_s: u64,
     span_s: u64,
     /// (start, ids → offset), oldest first.
-    generations: VecDeque<(u64, HashMap<IdHash, i64>)>,
+    generations: VecDeque<(u64, HashMap<Key, i64>)>,
 }
 
 impl Seen {
@@ -81,13 +90,15 @@ impl Seen {
     }
 
     fn find(&self, hash: IdHash) -> Option<i64> {
+        let k = key(hash);
         self.generations
             .iter()
             .rev()
-            .find_map(|(_, ids)| ids.get(&hash).copied())
+            .find_map(|(_, ids)| ids.get(&k).copied())
     }
 
     fn insert(&mut self, hash: IdHash, offset: i64, at_s: u64) {
+        let hash = key(hash);
         let start = at_s - at_s % self.span_s;
         match self.generations.iter_mut().rev().find(|(s, _)| *s == start) {
             Some((_, ids)) => {
