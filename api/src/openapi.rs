@@ -374,7 +374,7 @@ pub fn document() -> Value {
         {
             p.push(json!({"name": "If-Match", "in": "header", "required": false,
                           "description": "The Webhook's resourceVersion (its ETag): change it only if it is still that one",
-                          "schema": {"type": "string", "pattern": "^(W/)?\"?[0-9]+\"?$"}}));
+                          "schema": {"type": "string", "pattern": "^(W/)?\"?[0-9]{1,19}\"?$"}}));
         }
         if let Some((make, media)) = op.body {
             let schema = make(&mut g);

@@ -1,10 +1,14 @@
-//! Python for tests that check Hookline with a customer's own tools (the PyPI `standardwebhooks`
-//! library): the virtualenv `localenv/demo.sh` also uses, `$HOOKLINE_CACHE/venv`, with
-//! `examples/fraud-decisions/requirements.txt` installed.
+//! Python for tests that check Hookline with tools its customers and testers use from PyPI: each
+//! virtualenv lives in `$HOOKLINE_CACHE/<dir>` with one requirements file installed. [`venv`] is
+//! the one `localenv/demo.sh` also uses, `$HOOKLINE_CACHE/venv`, with
+//! `examples/fraud-decisions/requirements.txt` (the `standardwebhooks` library); [`venv_with`]
+//! makes others, such as `venv-schemathesis` for the API fuzzing test, so one tool's
+//! dependencies never move another's.
 //!
-//! [`venv`] makes it when missing and installs the requirements when they changed since the last
-//! install (a stamp file in the venv holds the requirements it was made from), so a warm run costs
-//! one file read. A lock file keeps two test processes from installing at once.
+//! [`venv_with`] makes a venv when missing and installs its requirements when they changed since
+//! the last install (a stamp file in the venv holds the requirements it was made from), so a warm
+//! run costs one file read. A lock file per venv keeps two test processes from installing into
+//! it at once.
 
 use std::{
     fs::OpenOptions,
@@ -17,7 +21,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{cache_dir, repo_root};
 
-/// The requirements installed into the venv.
+/// The requirements installed into [`venv`].
 pub fn requirements() -> PathBuf {
     repo_root().join("examples/fraud-decisions/requirements.txt")
 }
@@ -31,13 +35,21 @@ static IN_PROCESS: Mutex<()> = Mutex::new(());
 
 const STAMP: &str = ".hookline-requirements";
 
-/// The venv's python, with the requirements installed; makes the venv
-/// (`python3 -m venv $HOOKLINE_CACHE/venv`) and runs `pip install -r` only when needed.
+/// The python of `$HOOKLINE_CACHE/venv` with [`requirements`] installed; see [`venv_with`].
+///
+/// # Errors
+/// As [`venv_with`].
+pub fn venv() -> anyhow::Result<PathBuf> {
+    venv_with("venv", &requirements())
+}
+
+/// The python of the venv `$HOOKLINE_CACHE/<dir_name>`, with `requirements` installed; makes the
+/// venv (`python3 -m venv`) and runs `pip install -r` only when needed.
 ///
 /// # Errors
 /// When python3 or pip fails; the error carries their output.
-pub fn venv() -> anyhow::Result<PathBuf> {
-    let dir = cache_dir().join("venv");
+pub fn venv_with(dir_name: &str, requirements: &Path) -> anyhow::Result<PathBuf> {
+    let dir = cache_dir().join(dir_name);
     let _in_process = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
     let parent = dir.parent().context("the venv path has a parent")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -45,12 +57,12 @@ pub fn venv() -> anyhow::Result<PathBuf> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(parent.join("venv.lock"))
+        .open(parent.join(format!("{dir_name}.lock")))
         .context("opening the venv lock file")?;
     lock.lock().context("locking the venv")?;
     let python = dir.join("bin/python");
-    let wanted = std::fs::read_to_string(requirements())
-        .with_context(|| format!("reading {}", requirements().display()))?;
+    let wanted = std::fs::read_to_string(requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
     let stamp = dir.join(STAMP);
     if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(python);
@@ -71,10 +83,10 @@ pub fn venv() -> anyhow::Result<PathBuf> {
                 "--disable-pip-version-check",
                 "-r",
             ])
-            .arg(requirements()),
+            .arg(requirements),
         &format!(
             "pip install -r {} into {} (it needs PyPI; run it by hand to see more)",
-            requirements().display(),
+            requirements.display(),
             dir.display()
         ),
     )?;

@@ -48,7 +48,8 @@ fn name(n: &str) -> Result<(), Problem> {
     }
 }
 
-/// The `resourceVersion` of an `If-Match` header (`"123"`, `W/"123"` or `123`).
+/// The `resourceVersion` of an `If-Match` header (`"123"`, `W/"123"` or `123`): digits that fit
+/// a `u64`, as the kube-apiserver's are (a longer one makes it answer 500, not a conflict).
 pub fn if_match(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(v) = headers.get(header::IF_MATCH) else {
         return Ok(None);
@@ -58,7 +59,7 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         .map_err(|_| Problem::field("If-Match", "not text"))?
         .trim();
     let v = v.strip_prefix("W/").unwrap_or(v).trim_matches('"');
-    if v.is_empty() || v == "*" || !v.bytes().all(|b| b.is_ascii_digit()) {
+    if !v.bytes().all(|b| b.is_ascii_digit()) || v.parse::<u64>().is_err() {
         return Err(Problem::field(
             "If-Match",
             "must be the resourceVersion (the ETag) of the Webhook",
@@ -418,5 +419,13 @@ mod tests {
         assert_eq!(if_match(&HeaderMap::new()).unwrap(), None);
         assert_eq!(if_match(&h("*")).unwrap_err().status, 400);
         assert_eq!(if_match(&h("\"abc\"")).unwrap_err().status, 400);
+        assert_eq!(
+            if_match(&h("18446744073709551615")).unwrap().as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(
+            if_match(&h("18446744073709551616")).unwrap_err().status,
+            400
+        );
     }
 }
