@@ -1,6 +1,6 @@
 //! A Kafka broker of a test's own (KRaft, one node, loopback, its own ports and log directory),
 //! for tests that must stop and start Kafka without disturbing the shared one: the same jars
-//! the local environment runs (`HOOKLINE_KAFKA_LIBS`). It can be frozen (SIGSTOP: connections
+//! the local environment runs (`HOOKLINE_LOCALENV_KAFKA_LIBS`). It can be frozen (SIGSTOP: connections
 //! hang, as with a broker that stopped answering), thawed, killed and started again on the same
 //! data. Killed when dropped.
 
@@ -35,9 +35,9 @@ impl Broker {
     pub async fn start(env: &Env, dump: &mut LogDump) -> anyhow::Result<Broker> {
         let libs = env
             .vars
-            .get("HOOKLINE_KAFKA_LIBS")
+            .get("HOOKLINE_LOCALENV_KAFKA_LIBS")
             .cloned()
-            .context("HOOKLINE_KAFKA_LIBS is not in the environment's env.sh")?;
+            .context("HOOKLINE_LOCALENV_KAFKA_LIBS is not in the environment's env.sh")?;
         let dir = std::env::temp_dir().join(format!("hookline-broker-{}", random_suffix()));
         std::fs::create_dir_all(dir.join("data"))?;
         let (port, controller) = (free_port()?, free_port()?);
