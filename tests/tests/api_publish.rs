@@ -289,7 +289,7 @@ async fn without_kafka_a_publish_is_a_503_within_the_bound_and_never_a_202() {
 async fn every_event_that_got_a_202_is_delivered_after_a_kill_9_of_the_api_under_load() {
     // Bounded load: at most RATE requests a second for at most SECONDS, on 32 connections.
     const RATE: u64 = 2_000;
-    const SECONDS: u64 = 6;
+    const SECONDS: u64 = 10;
     let mut dump = LogDump::new();
     let Publishing {
         t,
@@ -342,11 +342,11 @@ async fn every_event_that_got_a_202_is_delivered_after_a_kill_9_of_the_api_under
         })
     });
     let load: Vec<_> = load.collect();
-    // Kill it once a few hundred events were accepted, mid-load.
+    // Kill it once a hundred events were accepted, mid-load.
     wait::until(
         Duration::from_secs(60),
-        "300 events accepted under load",
-        || async { Ok((accepted.lock().unwrap().len() >= 300).then_some(())) },
+        "100 events accepted under load",
+        || async { Ok((accepted.lock().unwrap().len() >= 100).then_some(())) },
     )
     .await
     .unwrap();
@@ -445,11 +445,23 @@ async fn while_kafka_is_down_nothing_gets_a_202_and_every_202_before_and_after_i
             (s, h.contains_key("retry-after"), started.elapsed())
         }
     };
+    // What a client does: a 503 is retried with the same id until it is a 202.
+    let accept = |id: String| {
+        let post = &post;
+        async move {
+            for _ in 0..20 {
+                match post(id.clone()).await.0 {
+                    202 => return id,
+                    503 => {}
+                    other => panic!("{id}: {other}"),
+                }
+            }
+            panic!("{id}: no 202 in 20 tries");
+        }
+    };
     let mut accepted = BTreeSet::new();
     for i in 0..20 {
-        let id = format!("evt_before_{i}");
-        assert_eq!(post(id.clone()).await.0, 202);
-        accepted.insert(id);
+        accepted.insert(accept(format!("evt_before_{i}")).await);
     }
 
     // Frozen: every POST is a 503 with Retry-After within the bound, none a 202.
@@ -458,8 +470,8 @@ async fn while_kafka_is_down_nothing_gets_a_202_and_every_202_before_and_after_i
     for (status, retry_after, took) in down {
         assert_eq!(status, 503);
         assert!(retry_after);
-        // The bound is the publish timeout (2 s); the slack is for a loaded 2-core machine.
-        assert!(took < Duration::from_secs(10), "answered after {took:?}");
+        // The bound is the publish timeout (3 s); the slack is for a loaded 2-core machine.
+        assert!(took < Duration::from_secs(12), "answered after {took:?}");
     }
 
     // Back: POSTs succeed again.
@@ -475,9 +487,7 @@ async fn while_kafka_is_down_nothing_gets_a_202_and_every_202_before_and_after_i
     .map(|id| accepted.insert(id))
     .unwrap();
     for i in 0..20 {
-        let id = format!("evt_after_{i}");
-        assert_eq!(post(id.clone()).await.0, 202);
-        accepted.insert(id);
+        accepted.insert(accept(format!("evt_after_{i}")).await);
     }
 
     // Killed and started again on its data: every event that got a 202 is there.
