@@ -67,6 +67,20 @@ impl Dispatcher {
     /// # Errors
     /// When the binary cannot be started.
     pub fn start(env: &Env, opts: &Options) -> anyhow::Result<Dispatcher> {
+        Self::start_with_dedup(env, opts, None)
+    }
+
+    /// Like [`Dispatcher::start`], remembering the event ids it saw in `dedup_topic` (a
+    /// compacted topic with as many partitions as the events topic) and suppressing duplicates
+    /// when one is given, as a tenant's Deployment does; `None` is [`Dispatcher::start`].
+    ///
+    /// # Errors
+    /// When the binary cannot be started.
+    pub fn start_with_dedup(
+        env: &Env,
+        opts: &Options,
+        dedup_topic: Option<&str>,
+    ) -> anyhow::Result<Dispatcher> {
         let port = free_port()?;
         let t = &opts.topics;
         let mut settings = DispatcherArgs::for_tenant(&opts.namespace, &env.kafka_bootstrap);
@@ -74,8 +88,9 @@ impl Dispatcher {
         settings.dead_letter_topic.clone_from(&t.dead_letter);
         settings.attempts_topic.clone_from(&t.attempts);
         settings.consumer_group.clone_from(&t.group);
-        // The bench's own topics have no dedup topic: duplicates are not suppressed here.
-        settings.dedup_topic = None;
+        // The bench's own topics have no dedup topic unless one is given: by default
+        // duplicates are not suppressed here.
+        settings.dedup_topic = dedup_topic.map(str::to_owned);
         settings.listen = format!("127.0.0.1:{port}");
         settings.address.allow_http = true;
         settings.address.allow_cidrs = vec!["127.0.0.0/8".parse()?];
