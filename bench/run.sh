@@ -2,7 +2,7 @@
 # `make bench`: the benchmarks of BENCHMARKS.md, from a fresh clone or a warm machine.
 #   1. tools into the cache (as `make test` does)
 #   2. the local environment, unless one is already up (then it is used and left running)
-#   3. release builds of hookline-dispatcher (the system under test) and hookline-bench
+#   3. release builds of hookline-dispatcher and hookline-api (the systems under test) and hookline-bench
 #   4. hookline-bench with the given flags (`--quick` for a subset); results in bench/results/runs/ (git-ignored)
 #   5. the environment stopped again if this script started it, also on failure
 set -euo pipefail
@@ -20,5 +20,5 @@ else
 fi
 # The pod runner runs the controller (and the controller's own dispatchers) from the debug build.
 cargo build --locked -p hookline-controller -p hookline-dispatcher --bins
-cargo build --release --locked -p hookline-dispatcher -p hookline-bench
+cargo build --release --locked -p hookline-dispatcher -p hookline-api -p hookline-bench
 "$CARGO_TARGET_DIR/release/hookline-bench" "$@"

@@ -8,11 +8,13 @@
 //! process under test) → [`sink`] (receive and record) / [`baseline`] (the raw
 //! client) → [`runner`] (one run, watched by [`sampler`] through [`procstat`])
 //! → [`scenarios`] (points of issue 7, a module each, repeated) → [`stats`]
-//! and [`report`]. Every time is read from [`clock`].
+//! and [`report`]. Every time is read from [`clock`]. Scenario 7 measures
+//! `hookline-api` instead, with the machinery of [`delivery_log`].
 
 pub mod baseline;
 pub mod clock;
 pub mod cluster;
+pub mod delivery_log;
 pub mod dispatcher;
 pub mod procstat;
 pub mod producer;

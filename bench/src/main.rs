@@ -10,6 +10,7 @@ use clap::Parser;
 use hookline_bench::cluster::{self, Env};
 use hookline_bench::report::{self, Machine, Report};
 use hookline_bench::runner::Bench;
+use hookline_bench::scenarios::delivery_log::ApiSetup;
 use hookline_bench::scenarios::{self, Ctx, PORTS, Plan};
 use hookline_bench::sink::{Mode, Sink};
 use hookline_tests::{cache_dir, repo_root};
@@ -27,8 +28,10 @@ struct Cli {
     /// Runs per point (default 3; 1 with --quick or --smoke).
     #[arg(long)]
     runs: Option<usize>,
-    /// Scenarios to run, e.g. `1,2` (default: those of the plan).
-    #[arg(long, value_delimiter = ',')]
+    /// Scenarios to run by number or name, e.g. `1,2` or `delivery-log` (default: those of
+    /// the plan): 1 throughput, 2 latency, 3 fan-out, 4 isolation, 5 scale, 6 recovery,
+    /// 7 delivery-log.
+    #[arg(long, alias = "scenario", value_delimiter = ',', value_parser = scenario_number)]
     scenarios: Vec<u8>,
     /// Override the 1 KiB backlog size of scenario 1.
     #[arg(long)]
@@ -61,6 +64,60 @@ struct Cli {
     /// Where results go (default: `bench/results/runs` of this checkout, git-ignored).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Scenario 7: the `hookline-api` binary (default: next to this one, else the release build).
+    #[arg(long)]
+    api_bin: Option<PathBuf>,
+    /// Scenario 7: where store files go (default: `~/.cache/hookline/bench/delivery-log`).
+    #[arg(long)]
+    store_dir: Option<PathBuf>,
+    /// Scenario 7: keep the big store file afterwards (it is deleted by default).
+    #[arg(long)]
+    keep_store: bool,
+    /// Scenario 7: query the big store file a run with --keep-store left instead of filling one
+    /// (in process only: its tenant's namespace is gone); for before/after figures of a store
+    /// change on the same data.
+    #[arg(long)]
+    reuse_store: bool,
+    /// Scenario 7: attempts in the big store (default 10,000,000; 1,000,000 with --quick; 0
+    /// skips the store's queries and the CRUD mix).
+    #[arg(long)]
+    log_attempts: Option<u64>,
+    /// Scenario 7: attempts per fresh-store `apply` run (0 skips that part).
+    #[arg(long)]
+    apply_attempts: Option<u64>,
+    /// Scenario 7: attempt records per run through Kafka (0 skips that part).
+    #[arg(long)]
+    kafka_attempts: Option<u64>,
+    /// Scenario 7: queries per kind and run (default 1,000).
+    #[arg(long)]
+    log_queries: Option<usize>,
+    /// Scenario 7: requests/s and seconds per run of the `Webhook` CRUD mix, `RATE,SECS`
+    /// (default 200,30; 200,10 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    crud: Vec<f64>,
+}
+
+/// A scenario's number from its number or name.
+fn scenario_number(s: &str) -> Result<u8, String> {
+    const NAMES: [&str; 7] = [
+        "throughput",
+        "latency",
+        "fan-out",
+        "isolation",
+        "scale",
+        "recovery",
+        "delivery-log",
+    ];
+    s.parse::<u8>()
+        .ok()
+        .filter(|n| (1..=7).contains(n))
+        .or_else(|| {
+            NAMES
+                .iter()
+                .position(|n| *n == s)
+                .and_then(|i| u8::try_from(i + 1).ok())
+        })
+        .ok_or_else(|| format!("{s:?}: a scenario is 1 to 7 or one of {}", NAMES.join(", ")))
 }
 
 fn plan(cli: &Cli) -> Plan {
@@ -91,6 +148,21 @@ fn plan(cli: &Cli) -> Plan {
     }
     if !cli.payloads.is_empty() {
         plan.payloads.clone_from(&cli.payloads);
+    }
+    if let Some(n) = cli.log_attempts {
+        plan.log_attempts = n;
+    }
+    if let Some(n) = cli.apply_attempts {
+        plan.apply_attempts = n;
+    }
+    if let Some(n) = cli.kafka_attempts {
+        plan.kafka_attempts = n;
+    }
+    if let Some(n) = cli.log_queries {
+        plan.log_queries = n.max(1);
+    }
+    if let [rate, secs] = cli.crud[..] {
+        (plan.crud_rate, plan.crud_secs) = (rate.max(1.0), secs.max(1.0));
     }
     plan
 }
@@ -152,11 +224,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         dispatcher_env.clone(),
     )?;
     bench.perf.clone_from(&cli.perf);
+    let api_bin = cli.api_bin.clone().unwrap_or_else(|| {
+        hookline_bench::dispatcher::default_bin().with_file_name("hookline-api")
+    });
     let ctx = Ctx {
         bench: &bench,
         client,
         env: &env,
         plan: &plan,
+        api: ApiSetup {
+            bin: api_bin.clone(),
+            store_dir: cli
+                .store_dir
+                .clone()
+                .unwrap_or_else(|| cache_dir().join("bench/delivery-log")),
+            keep_store: cli.keep_store || cli.reuse_store,
+            reuse_store: cli.reuse_store,
+        },
     };
     let points = scenarios::run(&ctx).await;
     let git = std::process::Command::new("git")
@@ -172,6 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         command: report::home_relative(&std::env::args().collect::<Vec<_>>().join(" ")),
         machine,
         dispatcher_bin: report::home_relative(&bin.display().to_string()),
+        api_bin: report::home_relative(&api_bin.display().to_string()),
         git,
         dispatcher_env,
         partitions: cli.partitions,

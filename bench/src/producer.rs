@@ -195,6 +195,27 @@ pub fn produce_max(
     p.finish(sent, acked0, failed0, started, 0)
 }
 
+/// Produces ready-made `records` (key, value) to `topic` as fast as the producer's queue takes
+/// them, for at most `limit`; waits for every acknowledgement.
+pub fn produce_records(
+    p: &Producer,
+    topic: &str,
+    records: impl Iterator<Item = (String, Vec<u8>)>,
+    limit: Duration,
+) -> Produced {
+    let (acked0, failed0) = (p.acked(), p.failed());
+    let started = Instant::now();
+    let deadline = started + limit;
+    let mut sent = 0;
+    for (key, value) in records {
+        if !p.send(topic, &key, &value, deadline) || Instant::now() > deadline {
+            break;
+        }
+        sent += 1;
+    }
+    p.finish(sent, acked0, failed0, started, 0)
+}
+
 /// Produces events `from..from + n` of `shape` to `topic` open-loop at
 /// `rate` per second (stopping at `limit`); waits for every acknowledgement.
 pub fn produce_rate(

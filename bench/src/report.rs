@@ -79,6 +79,8 @@ pub struct Report {
     pub machine: Machine,
     /// The dispatcher binary measured.
     pub dispatcher_bin: String,
+    /// The `hookline-api` binary measured (scenario 7).
+    pub api_bin: String,
     /// `git describe --always --dirty` of the checkout.
     pub git: String,
     /// Extra dispatcher environment (tuning), if any.
@@ -157,14 +159,26 @@ pub fn table(r: &Report) -> String {
                 fmt_spread(p.summary.get("baseline_rate"), "/s", 0),
             ),
         };
-        let cpu = format!(
-            "{:.2} / {:.2} / {:.2} ({:.2}) · {:.0} MiB",
-            med(p, "dispatcher_cores").unwrap_or(0.0),
-            med(p, "kafka_cores").unwrap_or(0.0),
-            med(p, "bench_cores").unwrap_or(0.0),
-            med(p, "machine_cores").unwrap_or(0.0),
-            med(p, "rss_peak_mib").unwrap_or(0.0),
-        );
+        let cpu = if let Some(api) = med(p, "api_cores") {
+            // Scenario 7: hookline-api instead of the dispatcher (and the kube-apiserver).
+            let apiserver =
+                med(p, "apiserver_cores").map_or(String::new(), |c| format!(" / apiserver {c:.2}"));
+            format!(
+                "api {api:.2} / {:.2} / {:.2}{apiserver} ({:.2})",
+                med(p, "kafka_cores").unwrap_or(0.0),
+                med(p, "bench_cores").unwrap_or(0.0),
+                med(p, "machine_cores").unwrap_or(0.0),
+            )
+        } else {
+            format!(
+                "{:.2} / {:.2} / {:.2} ({:.2}) · {:.0} MiB",
+                med(p, "dispatcher_cores").unwrap_or(0.0),
+                med(p, "kafka_cores").unwrap_or(0.0),
+                med(p, "bench_cores").unwrap_or(0.0),
+                med(p, "machine_cores").unwrap_or(0.0),
+                med(p, "rss_peak_mib").unwrap_or(0.0),
+            )
+        };
         let _ = writeln!(
             out,
             "{:<10} {:<40} {:<44} {:<26} {:<18} {}",
@@ -197,13 +211,37 @@ pub fn table(r: &Report) -> String {
                 fmt_spread(Some(s), " s", 1)
             ));
         }
+        if let Some(s) = p.summary.get("store_mib_per_million") {
+            extra.push(format!(
+                "store {} per million attempts",
+                fmt_spread(Some(s), " MiB", 0)
+            ));
+        }
+        if let Some(s) = p.summary.get("cpu_rate") {
+            extra.push(format!("{} per CPU-second", fmt_spread(Some(s), "", 0)));
+        }
+        if let Some(s) = p.summary.get("batch_p99_ms") {
+            extra.push(format!("p99 per batch {}", fmt_spread(Some(s), " ms", 0)));
+        }
+        if let Some(s) = p.summary.get("baseline_apiserver_cores") {
+            extra.push(format!(
+                "baseline cores: apiserver {}",
+                fmt_spread(Some(s), "", 2)
+            ));
+        }
+        if let Some(s) = p.summary.get("other_api_cores") {
+            extra.push(format!(
+                "other hookline-api processes {} cores",
+                fmt_spread(Some(s), "", 2)
+            ));
+        }
         if let Some(v) = med(p, "postponed").filter(|v| *v > 0.0) {
             extra.push(format!("{v:.0} written to retry topics"));
         }
         if let Some(v) = med(p, "duplicates").filter(|v| *v > 0.0) {
             extra.push(format!("{v:.0} duplicates"));
         }
-        if p.kind == "latency" && p.summary.contains_key("rate") {
+        if p.kind == "latency" && med(p, "rate").is_some_and(|r| r > 0.0) {
             extra.push(format!(
                 "throughput {}",
                 fmt_spread(p.summary.get("rate"), "/s", 0)

@@ -13,7 +13,9 @@
 //! | 4 | isolation | 1 and 2 again with one more webhook whose receiver never answers | [`isolation`] |
 //! | 5 | scale | 1,000 webhooks: controller time to Ready, dispatcher RSS and CPU | [`scale`] |
 //! | 6 | recovery | receiver refuses while a backlog builds up, then comes back | [`recovery`] |
+//! | 7 | delivery-log | `hookline-api`: store apply, ingest through Kafka, a 10M-attempt store's queries, `Webhook` CRUD | [`delivery_log`] |
 
+pub mod delivery_log;
 pub mod fan_out;
 pub mod isolation;
 pub mod latency;
@@ -79,6 +81,22 @@ pub struct Plan {
     pub recovery_down_s: u64,
     /// `spec.delivery.maxInFlight` of the healthy webhooks (default: unset, i.e. 32).
     pub max_in_flight: Option<usize>,
+    /// Scenario 7: attempts in the big store whose queries are measured.
+    pub log_attempts: u64,
+    /// Scenario 7: attempts per `apply` run into a fresh store.
+    pub apply_attempts: u64,
+    /// Scenario 7: attempt records per run through Kafka.
+    pub kafka_attempts: u64,
+    /// Scenario 7: queries per kind and run.
+    pub log_queries: usize,
+    /// Scenario 7: bound on filling the big store (seconds).
+    pub fill_limit_s: u64,
+    /// Scenario 7: bound per query kind and run (seconds).
+    pub query_limit_s: u64,
+    /// Scenario 7: requests/s of the `Webhook` CRUD mix.
+    pub crud_rate: f64,
+    /// Scenario 7: seconds of it per run.
+    pub crud_secs: f64,
 }
 
 impl Plan {
@@ -86,7 +104,7 @@ impl Plan {
     pub fn full() -> Plan {
         Plan {
             runs: 3,
-            scenarios: vec![1, 2, 3, 4, 5, 6],
+            scenarios: vec![1, 2, 3, 4, 5, 6, 7],
             backlog_1k: 60_000,
             backlog_5k: 30_000,
             webhooks: vec![1, 10],
@@ -102,6 +120,14 @@ impl Plan {
             recovery_limit_s: 300,
             recovery_down_s: 20,
             max_in_flight: None,
+            log_attempts: 10_000_000,
+            apply_attempts: 1_000_000,
+            kafka_attempts: 500_000,
+            log_queries: 1000,
+            fill_limit_s: 900,
+            query_limit_s: 30,
+            crud_rate: 200.0,
+            crud_secs: 30.0,
         }
     }
 
@@ -121,6 +147,11 @@ impl Plan {
             drain_limit_s: 60,
             recovery_limit_s: 120,
             recovery_down_s: 10,
+            log_attempts: 1_000_000,
+            apply_attempts: 200_000,
+            kafka_attempts: 100_000,
+            query_limit_s: 10,
+            crud_secs: 10.0,
             ..Plan::full()
         }
     }
@@ -214,10 +245,15 @@ impl Point {
                 of(b, &|r| r.latency.as_ref().map(f)),
             );
         }
-        for role in ["dispatcher", "kafka", "bench"] {
+        for role in ["dispatcher", "kafka", "bench", "api", "apiserver"] {
             put(
                 &format!("{role}_cores"),
-                of(h, &|r| r.cpu.as_ref().map(|c| c.cores(role))),
+                of(h, &|r| {
+                    r.cpu
+                        .as_ref()
+                        .filter(|c| c.procs.contains_key(role))
+                        .map(|c| c.cores(role))
+                }),
             );
             put(
                 &format!("baseline_{role}_cores"),
@@ -278,6 +314,8 @@ pub struct Ctx<'a> {
     pub env: &'a Env,
     /// The plan.
     pub plan: &'a Plan,
+    /// Scenario 7: the `hookline-api` binary and where its stores go.
+    pub api: delivery_log::ApiSetup,
 }
 
 fn defs(
@@ -433,6 +471,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Vec<Point> {
             4 => isolation::run(ctx, &mut out).await,
             5 => scale::run(ctx, &mut out).await,
             6 => recovery::run(ctx, &mut out).await,
+            7 => delivery_log::run(ctx, &mut out).await,
             _ => Ok(()),
         };
         isolation::compare(&mut out);
