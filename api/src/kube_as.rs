@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use axum::http::{HeaderValue, Request, header};
-use hookline_crds::Webhook;
+use hookline_crds::{Webhook, WebhookReplay};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -178,6 +178,29 @@ impl AsCaller<'_> {
             .header(header::CONTENT_TYPE, "application/json")
             .body(body)
             .map_err(|e| kube::Error::BuildRequest(RequestError::BuildRequest(e)))?;
+        self.call(req).await
+    }
+
+    /// Creates `object` (a `WebhookReplay` as JSON), refusing unknown fields.
+    ///
+    /// # Errors
+    /// The API server's refusal (RBAC, validation, 409 when it exists), or a transport error.
+    pub async fn create_replay(&self, tenant: &str, object: &Value) -> kube::Result<WebhookReplay> {
+        let body = serde_json::to_vec(object).map_err(kube::Error::SerdeError)?;
+        let req = kube::core::Request::new(WebhookReplay::url_path(&(), Some(tenant)))
+            .create(&PostParams::default(), body)
+            .map_err(kube::Error::BuildRequest)?;
+        self.call(with_query(req, STRICT)).await
+    }
+
+    /// One `WebhookReplay`.
+    ///
+    /// # Errors
+    /// The API server's refusal (404 when missing), or a transport error.
+    pub async fn get_replay(&self, tenant: &str, name: &str) -> kube::Result<WebhookReplay> {
+        let req = kube::core::Request::new(WebhookReplay::url_path(&(), Some(tenant)))
+            .get(name, &GetParams::default())
+            .map_err(kube::Error::BuildRequest)?;
         self.call(req).await
     }
 

@@ -5,7 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use hookline_crds::{Webhook, WebhookSpec, WebhookStatus};
+use hookline_crds::{
+    ReplayRateLimit, ReplaySource, Webhook, WebhookReplay, WebhookReplaySpec, WebhookReplayStatus,
+    WebhookSpec, WebhookStatus,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -331,4 +334,79 @@ pub struct Published {
 pub struct PublishedBatch {
     /// The events' ids, in the order sent.
     pub ids: Vec<String>,
+}
+
+/// A replay of one `Webhook`'s missed events (`POST …/webhooks/{name}/replays`): becomes a
+/// `WebhookReplay` of the tenant, created with the caller's token.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReplayCreate {
+    /// Its name (a DNS subdomain); generated (`<webhook>-replay-<random>`) when absent.
+    #[serde(default)]
+    #[schemars(length(max = 253), regex(pattern = SUBDOMAIN_PATTERN))]
+    pub name: Option<String>,
+    /// `{"deadLetters": {"reasons": [...]}}` or `{"timeRange": {"from": ..., "to": ...}}`.
+    #[schemars(with = "ReplaySource")]
+    pub source: Value,
+    /// Only events of these type patterns.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// Only these event ids.
+    #[serde(default)]
+    pub event_ids: Vec<String>,
+    /// `{"perSecond": n}`: how fast events are queued again (default 1000).
+    #[serde(default)]
+    #[schemars(with = "Option<ReplayRateLimit>")]
+    pub rate_limit: Option<Value>,
+}
+
+/// `POST …/deliveries/{eventId}/resend`: which `Webhook` to send the event to again.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResendRequest {
+    /// The `Webhook`; when absent, every `Webhook` the delivery log shows the event went to.
+    #[serde(default)]
+    pub webhook: Option<String>,
+}
+
+/// A `WebhookReplay` as the API shows it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayView {
+    /// The name.
+    pub name: String,
+    /// The tenant (namespace).
+    pub tenant: String,
+    /// Who asked for it through the API.
+    pub requested_by: Option<String>,
+    /// When it was created (RFC 3339).
+    pub created_at: Option<String>,
+    /// What was asked.
+    pub spec: WebhookReplaySpec,
+    /// Where it stands: phase, matched, delivered, failed, conditions.
+    pub status: Option<WebhookReplayStatus>,
+}
+
+impl ReplayView {
+    /// The view of `r`.
+    pub fn of(r: WebhookReplay) -> ReplayView {
+        let m = r.metadata;
+        ReplayView {
+            name: m.name.unwrap_or_default(),
+            tenant: m.namespace.unwrap_or_default(),
+            requested_by: m
+                .annotations
+                .and_then(|a| a.get(hookline_crds::annotations::REQUESTED_BY).cloned()),
+            created_at: m.creation_timestamp.map(|t| t.0.to_string()),
+            spec: r.spec,
+            status: r.status,
+        }
+    }
+}
+
+/// The replays a resend created, one per `Webhook`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Resent {
+    /// The replays.
+    pub replays: Vec<ReplayView>,
 }

@@ -9,8 +9,9 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
 use crate::model::{
-    DeliveriesQuery, DeliveryPage, EventDeliveries, RotationRequested, SecretView, StatsQuery,
-    StatsView, TestResult, WebhookCreate, WebhookList, WebhookPatch, WebhookReplace, WebhookView,
+    DeliveriesQuery, DeliveryPage, EventDeliveries, ReplayCreate, ReplayView, ResendRequest,
+    Resent, RotationRequested, SecretView, StatsQuery, StatsView, TestResult, WebhookCreate,
+    WebhookList, WebhookPatch, WebhookReplace, WebhookView,
 };
 use crate::model::{EVENT_ID_PATTERN, LABEL_PATTERN, SUBDOMAIN_PATTERN};
 use crate::model::{PublishBatch, PublishEvent, Published, PublishedBatch};
@@ -184,6 +185,34 @@ pub const OPERATIONS: &[Op] = &[
         problems: &[],
     },
     Op {
+        method: "post",
+        path: "/api/v1/tenants/{tenant}/webhooks/{name}/replays",
+        id: "replayWebhook",
+        summary: "Re-deliver what the Webhook missed: its dead letters, or a time range of events",
+        description: "Creates a `WebhookReplay` with the caller's token (RBAC: `create webhookreplays` in the tenant; `hookline-tenant-edit` has it). The controller re-delivers each matching event once through the normal signed path, with the header `hookline-replay: <name>` and the event's own `webhook-id`; follow it at `Location`.",
+        query: None,
+        body: Some((s::<ReplayCreate>, JSON)),
+        ok: (201, "Created; `Location` is set", Some(s::<ReplayView>)),
+        problems: &[
+            (409, "A replay of that name exists already"),
+            (
+                422,
+                "The cluster refused the replay; `errors` names each field",
+            ),
+        ],
+    },
+    Op {
+        method: "get",
+        path: "/api/v1/tenants/{tenant}/webhooks/{name}/replays/{id}",
+        id: "getWebhookReplay",
+        summary: "A replay and where it stands",
+        description: "Phase (`Pending`, `Running`, `Succeeded`, `Failed`), matched, delivered and failed counts, conditions.",
+        query: None,
+        body: None,
+        ok: (200, "The replay", Some(s::<ReplayView>)),
+        problems: &[],
+    },
+    Op {
         method: "get",
         path: "/api/v1/tenants/{tenant}/deliveries",
         id: "listDeliveries",
@@ -204,6 +233,20 @@ pub const OPERATIONS: &[Op] = &[
         body: None,
         ok: (200, "The event's deliveries", Some(s::<EventDeliveries>)),
         problems: &[],
+    },
+    Op {
+        method: "post",
+        path: "/api/v1/tenants/{tenant}/deliveries/{eventId}/resend",
+        id: "resendEvent",
+        summary: "Send one event again",
+        description: "Creates one `WebhookReplay` per Webhook the delivery log shows the event went to (or only `webhook`; send `{}` for all), each taking that event id from the events topic around its first attempt. Needs `get deliveries` and `create webhookreplays` in the tenant.",
+        query: None,
+        body: Some((s::<ResendRequest>, JSON)),
+        ok: (201, "The replays created", Some(s::<Resent>)),
+        problems: &[(
+            404,
+            "No delivery of that event (to that Webhook) in the log",
+        )],
     },
     Op {
         method: "get",
@@ -279,7 +322,10 @@ fn path_params(path: &str) -> Vec<Value> {
                     "The event id (`webhook-id` on the wire)",
                     json!({"type": "string"}),
                 ),
-                _ => ("The test's id", json!({"type": "string"})),
+                _ => (
+                    "The test's id, or the replay's name",
+                    json!({"type": "string"}),
+                ),
             };
             json!({"name": name, "in": "path", "required": true, "description": description,
                    "schema": schema})

@@ -138,6 +138,13 @@ pub fn role(settings: &Settings, tenant: &str, secret_names: &[String]) -> Role 
             &["get", "patch", "update"],
             None,
         ),
+        // Which replays exist: a deleted one's deliveries are dropped.
+        rule(
+            &["hookline.dev"],
+            &["webhookreplays"],
+            &["get", "list", "watch"],
+            None,
+        ),
         rule(
             &["", "events.k8s.io"],
             &["events"],

@@ -1,6 +1,6 @@
 //! `hookline-controller`: reconciles `Webhook`s into signing Secrets and conditions
 //! ([`webhook`]), and tenants into a dispatcher Deployment with its RBAC and Kafka topics
-//! ([`tenant`]), with Events and metrics; leader-elected.
+//! ([`tenant`]), with Events and metrics, and runs `WebhookReplay`s ([`replay`]); leader-elected.
 //!
 //! Pure parts (validation, child objects and the tenant plan, the tenant index, secret
 //! lifecycle, leader-election rules) sit in their own modules with unit tests; [`webhook`],
@@ -12,6 +12,7 @@ pub mod context;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod replay;
 pub mod run;
 pub mod secret;
 pub mod settings;

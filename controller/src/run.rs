@@ -9,6 +9,8 @@
 //!   every namespace) → the [`TenantIndex`] → a store of tenants (`Namespace` objects that carry
 //!   only a name) and their triggers → the tenant controller. Once the index is ready it
 //!   announces every tenant: each is re-applied once at start, and orphans are swept.
+//! - `WebhookReplay`s (all of them; a replay whose `Webhook` another instance owns is left to
+//!   it) → the replay controller, which starts one runner per replay ([`replay`]).
 //! - Every 10 s: `Webhook`s by readiness and tenants by state into the metrics.
 //!
 //! # Decisions
@@ -59,6 +61,7 @@ use crate::{
     context::Context,
     error::Error,
     metrics::Metrics,
+    replay,
     settings::Settings,
     tenant,
     tenant_index::{Change, Observation, Seen, Source, TenantIndex, observe},
@@ -98,8 +101,19 @@ pub async fn run(client: Client, settings: Settings, metrics: Metrics, topics: A
         webhook_observations,
         child_observations(&ctx.settings, &ctx.client),
     );
+    let replays = Controller::new(
+        Api::<hookline_crds::WebhookReplay>::all(ctx.client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .shutdown_on_signal()
+    .run(
+        replay::reconcile,
+        replay::error_policy,
+        Arc::new(replay::ReplayContext::new(ctx.clone())),
+    )
+    .for_each(|r| async move { log_stream_error("replay", r) });
     tokio::select! {
-        _ = futures::future::join(webhooks, tenants) => info!("controllers stopped"),
+        _ = futures::future::join3(webhooks, tenants, replays) => info!("controllers stopped"),
         () = index(&ctx, observations, tenant_writer, trigger) => warn!("tenant index stopped"),
         () = gauges(&ctx) => {}
     }

@@ -133,6 +133,11 @@ impl Seen {
         }
     }
 
+    /// Whether `hash` is remembered (without remembering it).
+    pub fn contains(&self, hash: IdHash) -> bool {
+        self.find(hash).is_some()
+    }
+
     /// Remembers what the dedup topic says was seen at `at_s`, unless it is out of the window.
     pub fn restore(&mut self, r: Remembered, now_s: u64) {
         if r.at_s + self.window_s > now_s && self.find(r.hash).is_none() {

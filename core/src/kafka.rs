@@ -109,6 +109,39 @@ pub fn delivery_log(base: &Settings, group: &str) -> Settings {
     )
 }
 
+/// The controller's reader of a replay's source (`group`: one per replay, whose offsets are
+/// committed only inside the writer's transactions) and of the attempts topic: it assigns
+/// partitions itself and reads committed records only.
+pub fn replay_reader(base: &Settings, group: &str) -> Settings {
+    layered(
+        &[("fetch.wait.max.ms", "100")],
+        base,
+        pairs(&[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+        ]),
+    )
+}
+
+/// The controller's writer of a replay's retry records: transactional (`transactional_id`,
+/// one per replay), so a chunk of records and the source position after it are committed
+/// together or not at all, and a second writer of the same replay fences the first.
+pub fn replay_writer(base: &Settings, transactional_id: &str) -> Settings {
+    layered(
+        &[("linger.ms", "5"), ("transaction.timeout.ms", "60000")],
+        base,
+        pairs(&[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("transactional.id", transactional_id),
+        ]),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +198,19 @@ mod tests {
         assert_eq!(get(&p, "enable.idempotence"), Some("true"));
         let s = scanner(&base, "g");
         assert_eq!(get(&s, "group.id"), Some("g.scan"));
+    }
+
+    #[test]
+    fn a_replay_writes_in_transactions_and_reads_only_committed_records() {
+        let base = vec![
+            ("isolation.level".to_owned(), "read_uncommitted".to_owned()),
+            ("transactional.id".to_owned(), "other".to_owned()),
+        ];
+        let r = replay_reader(&base, "hookline-replay.u1");
+        assert_eq!(get(&r, "isolation.level"), Some("read_committed"));
+        assert_eq!(get(&r, "enable.auto.commit"), Some("false"));
+        let w = replay_writer(&base, "hookline-replay.u1");
+        assert_eq!(get(&w, "transactional.id"), Some("hookline-replay.u1"));
+        assert_eq!(get(&w, "acks"), Some("all"));
     }
 }

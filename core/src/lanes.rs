@@ -195,6 +195,21 @@ impl<J> Lanes<J> {
         }
     }
 
+    /// A delivery pending in the retry path was dropped when it came back (its `Webhook` or its
+    /// replay is gone, or it already ended before a restart): it no longer holds back later
+    /// deliveries of its lane.
+    pub fn forget_pending(&mut self, partition: i32, epoch: u64, lane: &LaneKey, seq: i64) {
+        let Some(p) = self.tracked(partition, epoch) else {
+            return;
+        };
+        if let Some(pending) = p.pending.get_mut(lane) {
+            pending.remove(&seq);
+            if pending.is_empty() {
+                p.pending.remove(lane);
+            }
+        }
+    }
+
     /// The delivery holding `lane` is finished (delivered, dead-lettered or
     /// dropped). Returns the next parked delivery, which now holds the lane
     /// and should go.
@@ -350,6 +365,21 @@ mod tests {
         assert_eq!(
             l.admit(at(0, 1), lane("k"), 10, "e10", false, NOW),
             Admit::Duplicate
+        );
+    }
+
+    #[test]
+    fn a_dropped_pending_delivery_stops_blocking_its_lane() {
+        let mut l = lanes();
+        l.add_pending(0, lane("k"), 5, 1_000);
+        let Admit::Postpone(_, _) = l.admit(at(0, 1), lane("k"), 9, "later", true, 2_000) else {
+            panic!("held back behind seq 5");
+        };
+        l.forget_pending(0, 1, &lane("k"), 5);
+        l.forget_pending(0, 1, &lane("k"), 9);
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 9, "later", true, 3_000),
+            Admit::Go("later")
         );
     }
 

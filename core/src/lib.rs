@@ -33,6 +33,7 @@ pub mod matching;
 pub mod naming;
 pub mod ordering;
 pub mod ratelimit;
+pub mod replay;
 pub mod retry;
 pub mod retry_topics;
 pub mod secret;

@@ -64,6 +64,8 @@ pub struct RetryMeta {
     pub due_ms: i64,
     /// Offset of the event in its events-topic partition.
     pub seq: i64,
+    /// The replay it is part of ([`crate::replay`]), if any.
+    pub replay: Option<crate::replay::ReplayTag>,
 }
 
 /// Why retry headers could not be read.
@@ -74,12 +76,16 @@ pub struct MetaError(pub &'static str);
 impl RetryMeta {
     /// The headers to write.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut hs = vec![
             (headers::WEBHOOK, self.webhook.clone()),
             (headers::ATTEMPTS, self.attempts.to_string()),
             (headers::DUE, self.due_ms.to_string()),
             (headers::SEQ, self.seq.to_string()),
-        ]
+        ];
+        if let Some(tag) = &self.replay {
+            hs.extend(tag.headers());
+        }
+        hs
     }
 
     /// Reads the headers of a retry record (last value of a repeated header wins).
@@ -104,6 +110,7 @@ impl RetryMeta {
                 .map_err(|_| MetaError(headers::ATTEMPTS))?,
             due_ms: number(headers::DUE)?,
             seq: number(headers::SEQ)?,
+            replay: crate::replay::ReplayTag::from_headers(hs),
         })
     }
 }
@@ -285,6 +292,11 @@ pub struct AttemptRecord {
     pub dead_letter_reason: Option<String>,
     /// When the attempt started (RFC 3339).
     pub time: String,
+    /// The uid of the `WebhookReplay` this delivery is part of; on a replay's final record it
+    /// is written before the retry record's offset is committed (the replay's count relies on
+    /// it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<String>,
 }
 
 fn yes() -> bool {
@@ -343,6 +355,7 @@ mod tests {
             next_attempt_at: Some("2026-12-01T00:00:10Z".into()),
             dead_letter_reason: None,
             time: "2026-12-01T00:00:00Z".into(),
+            replay: Some("uid-1".into()),
         };
         let json = serde_json::to_vec(&r).unwrap();
         assert_eq!(serde_json::from_slice::<AttemptRecord>(&json).unwrap(), r);
@@ -370,6 +383,7 @@ mod tests {
             attempts: 3,
             due_ms: 1_700_000_000_123,
             seq: 42,
+            replay: None,
         };
         let owned = meta.headers();
         let hs: Vec<(&str, &[u8])> = owned.iter().map(|(k, v)| (*k, v.as_bytes())).collect();

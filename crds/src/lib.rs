@@ -4,8 +4,13 @@
 //! Flow: these types → [`crds()`] → `crdgen` → YAML in the repository and the Helm chart; a test
 //! fails when the committed YAML drifts from the types.
 
+pub mod replay;
 pub mod webhook;
 
+pub use replay::{
+    DeadLetterSource, PartitionRange, ReplayPhase, ReplayRateLimit, ReplaySource, TimeRange,
+    WebhookRef, WebhookReplay, WebhookReplaySpec, WebhookReplayStatus,
+};
 pub use webhook::{
     Backoff, DeliverySpec, DisabledStatus, FailureStatus, Ordering, RateLimitSpec, RetrySpec,
     SecretRef, SecretStatus, TestStatus, Webhook, WebhookSpec, WebhookStatus,
@@ -24,11 +29,14 @@ pub mod annotations {
     pub const TEST: &str = "hookline.dev/test";
     /// Set to any new value to re-enable a Webhook disabled after 410 Gone.
     pub const ENABLE: &str = "hookline.dev/enable";
+    /// On a `WebhookReplay` made by the tenant API: the user who asked for it (the API server's
+    /// audit log names them too, since the API creates it with their own token).
+    pub const REQUESTED_BY: &str = "hookline.dev/requested-by";
 }
 
 /// Every CRD of the API, in the order they are written to disk.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Webhook::crd()]
+    vec![Webhook::crd(), WebhookReplay::crd()]
 }
 
 /// The file name a CRD is written to: `<plural>.<group>.yaml`.

@@ -30,13 +30,14 @@ use hookline_dispatcher::pipeline::pressure::Pressure;
 use hookline_dispatcher::pipeline::{Pipeline, Wiring};
 use hookline_dispatcher::tenant::endpoints::Registry;
 use hookline_dispatcher::tenant::reflector::Reflector;
+use hookline_dispatcher::tenant::replays::Replays;
 use hookline_dispatcher::tenant::{keys, status};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client};
 use rdkafka::producer::FutureProducer;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 async fn signalled() {
     #[cfg(unix)]
@@ -142,6 +143,12 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    let replays = Replays::watch(client.clone(), &ns, tasks_stop.clone());
+    if !replays.ready(Duration::from_secs(30)).await {
+        warn!(
+            "WebhookReplays not listed within 30 s (RBAC?); replays cannot be cancelled until they are"
+        );
+    }
     health.set_synced();
 
     let producer: FutureProducer = config::producer_config(&config)
@@ -221,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
         },
         dedup_window: config.dedup_window,
         grace: config.shutdown_grace,
+        replays,
     });
     // On a worker thread rather than this one: completions and records then
     // wake a task in the runtime instead of parking and unparking the main

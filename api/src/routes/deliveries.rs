@@ -88,7 +88,7 @@ pub fn plan(q: &DeliveriesQuery) -> Result<(Filter, Option<Cursor>, usize), Prob
     ))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> crate::store::Result<T> + Send + 'static,
 ) -> Result<T, Problem> {
     tokio::task::spawn_blocking(f)

@@ -5,6 +5,7 @@
 
 pub mod deliveries;
 pub mod events;
+pub mod replays;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -89,7 +90,19 @@ pub fn router(app: Arc<App>) -> Router {
             &format!("{T}/webhooks/{{name}}/secret"),
             get(webhooks::secret),
         )
+        .route(
+            &format!("{T}/webhooks/{{name}}/replays"),
+            post(replays::replay),
+        )
+        .route(
+            &format!("{T}/webhooks/{{name}}/replays/{{id}}"),
+            get(replays::get),
+        )
         .route(&format!("{T}/deliveries"), get(deliveries::list))
+        .route(
+            &format!("{T}/deliveries/{{eventId}}/resend"),
+            post(replays::resend),
+        )
         .route(
             &format!("{T}/deliveries/{{eventId}}"),
             get(deliveries::event),

@@ -30,6 +30,7 @@ fn rec(event: &str, webhook: &str, attempt: u32, outcome: &str, second: i64) -> 
         next_attempt_at: (outcome == "retry").then(|| rfc3339((second + 5) * 1000)),
         dead_letter_reason: (outcome == "dead_letter").then(|| "retries_exhausted".into()),
         time: rfc3339(second * 1000),
+        replay: None,
     }
 }
 

@@ -301,6 +301,7 @@ impl Generator {
             next_attempt_at: due.map(rfc3339),
             dead_letter_reason: (last && d.dead).then(|| "retries_exhausted".to_owned()),
             time: rfc3339(time_ms),
+            replay: None,
         };
         let p = usize::try_from(d.partition).unwrap_or(0);
         let offset = self.offsets[p];

@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hookline_core::dedup::{IdHash, Remembered};
+use hookline_core::replay::done_hash;
 use hookline_core::retry::{Decision, GONE, Verdict, classify};
 use hookline_core::retry_topics::{AttemptRecord, DeadLetter, RetryMeta, error_text};
 use hookline_core::status::Hold;
@@ -51,6 +53,7 @@ impl Shared {
             attempts,
             due_ms,
             seq: job.seq,
+            replay: job.replay.as_deref().cloned(),
         };
         let out = self
             .writer
@@ -86,12 +89,43 @@ impl Shared {
         info!(event_id = %job.event.id, webhook = %job.endpoint.name, reason, "dead-lettered");
     }
 
-    fn complete(&self, job: &Job, done: Done) {
+    fn complete(&self, job: &Job, done: Done, replay_done: Option<IdHash>) {
         let _ = self.completions.send(Completion {
             source: job.source.clone(),
             lane: job.lane.clone().map(|l| (l, job.seq)),
             done,
+            replay_done,
         });
+    }
+
+    /// Writes the attempt record of `job`: best effort, except the one that ends a replayed
+    /// delivery, which the replay's count relies on and so is acknowledged before the job settles.
+    async fn record(&self, job: &Job, record: &AttemptRecord, ends: bool) {
+        if ends && job.replay.is_some() {
+            self.writer.write(self.writer.attempt_out(record)).await;
+        } else {
+            self.writer.record_attempt(record);
+        }
+    }
+
+    /// For a replayed delivery that ended: remembers it in the dedup topic (acknowledged) so a
+    /// dispatcher that reads its retry record again skips it; answers the done-marker.
+    async fn replay_ended(&self, job: &Job) -> Option<IdHash> {
+        let tag = job.replay.as_ref()?;
+        let hash = done_hash(&tag.uid, &job.event.id);
+        let topic = self.writer.dedup_topic.as_deref()?;
+        let at_s = u64::try_from(Timestamp::now().as_second()).unwrap_or(0);
+        let out = self.writer.remember_record(
+            topic,
+            job.source.partition,
+            &Remembered {
+                hash,
+                offset: job.source.offset,
+                at_s,
+            },
+        );
+        self.writer.write(out).await;
+        Some(hash)
     }
 }
 
@@ -99,7 +133,7 @@ impl Shared {
 /// reports [`Done::Postponed`] (the lane already counts it as pending).
 pub async fn postpone(job: Job, due_ms: i64, shared: Arc<Shared>) {
     shared.schedule(&job, job.attempts, due_ms).await;
-    shared.complete(&job, Done::Postponed);
+    shared.complete(&job, Done::Postponed, None);
 }
 
 /// Writes a record as it is (re-park in another tier, or dead letter of an
@@ -110,6 +144,7 @@ pub async fn forward(out: Out, source: Source, shared: Arc<Shared>) {
         source,
         lane: None,
         done: Done::Finished,
+        replay_done: None,
     });
 }
 
@@ -130,13 +165,19 @@ fn record(job: &Job, started: Timestamp) -> AttemptRecord {
         next_attempt_at: None,
         dead_letter_reason: None,
         time: started.to_string(),
+        replay: job.replay.as_ref().map(|t| t.uid.clone()),
     }
 }
 
 /// Delivers `job` and reports what became of it.
 pub async fn deliver(job: Job, shared: Arc<Shared>) {
     let done = attempt(&job, &shared).await;
-    shared.complete(&job, done);
+    let replay_done = if done == Done::Finished {
+        shared.replay_ended(&job).await
+    } else {
+        None
+    };
+    shared.complete(&job, done, replay_done);
 }
 
 async fn hold_off(job: &Job, shared: &Shared, wait: Duration) -> Done {
@@ -157,7 +198,7 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
         Hold::Postpone(wait) => return hold_off(job, shared, wait).await,
         Hold::DeadLetter { reason, message } => {
             shared.bury(job, reason, message, job.attempts, None).await;
-            shared.writer.record_attempt(&AttemptRecord {
+            let rec = AttemptRecord {
                 sent: false,
                 attempt: job.attempts,
                 outcome: "dead_letter".to_owned(),
@@ -165,7 +206,8 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
                 error: Some(error_text(message)),
                 dead_letter_reason: Some(reason.to_owned()),
                 ..record(job, Timestamp::now())
-            });
+            };
+            shared.record(job, &rec, true).await;
             return Done::Finished;
         }
     }
@@ -205,6 +247,7 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
             payload: &job.payload,
             keys: &keys,
             attempt: number,
+            replay: job.replay.as_deref().map(|t| t.name.as_str()),
             timeout: settings.timeout,
         })
         .await;
@@ -245,7 +288,7 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
         Decision::Gone => Some(GONE.to_owned()),
         Decision::Delivered | Decision::Retry { .. } => None,
     };
-    shared.writer.record_attempt(&AttemptRecord {
+    let rec = AttemptRecord {
         attempt: number,
         status,
         latency_ms: u64::try_from(result.latency.as_millis()).unwrap_or(u64::MAX),
@@ -255,7 +298,10 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
         next_attempt_at,
         dead_letter_reason,
         ..record(job, started)
-    });
+    };
+    shared
+        .record(job, &rec, !matches!(decision, Decision::Retry { .. }))
+        .await;
     endpoint.stats(|stats| match reason {
         None => stats.success(Timestamp::now()),
         Some(r) => stats.failure(Timestamp::now(), r, &result.message, status),

@@ -8,7 +8,8 @@
 //! `webhook-timestamp` (this attempt's Unix seconds) and `webhook-signature`,
 //! plus `content-type: application/json`, `user-agent: Hookline/<version>`
 //! and `hookline-attempt: <n>` (1 for the first attempt; outside the
-//! `webhook-*` namespace, which belongs to the standard). Static headers from
+//! `webhook-*` namespace, which belongs to the standard), and on a replayed
+//! delivery `hookline-replay: <WebhookReplay name>`. Static headers from
 //! the spec come first and cannot override these.
 //!
 //! # The client
@@ -38,6 +39,8 @@ use hookline_core::ssrf::{AddressPolicy, ResolveError, UrlRefusal, check_url};
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// The attempt number header.
 pub const ATTEMPT_HEADER: &str = "hookline-attempt";
+/// The header marking a replayed delivery.
+pub const REPLAY_HEADER: &str = hookline_core::replay::HTTP_HEADER;
 /// `user-agent` of every delivery.
 pub const USER_AGENT_VALUE: &str = concat!("Hookline/", env!("CARGO_PKG_VERSION"));
 
@@ -58,6 +61,8 @@ pub struct Request<'a> {
     pub attempt: u32,
     /// Time allowed.
     pub timeout: Duration,
+    /// The replay's name, for a replayed delivery (header [`hookline_core::replay::HTTP_HEADER`]).
+    pub replay: Option<&'a str>,
 }
 
 /// What an attempt came to.
@@ -93,6 +98,7 @@ pub fn headers(
     payload: &[u8],
     keys: &[Secret],
     attempt: u32,
+    replay: Option<&str>,
 ) -> Result<HeaderMap, TransportError> {
     let mut map = HeaderMap::new();
     for (name, value) in static_headers {
@@ -108,6 +114,9 @@ pub fn headers(
         value(signing::sign(keys, event_id, timestamp, payload))?,
     );
     map.insert(ATTEMPT_HEADER, value(attempt.to_string())?);
+    if let Some(name) = replay {
+        map.insert(REPLAY_HEADER, value(name.to_owned())?);
+    }
     Ok(map)
 }
 
@@ -189,6 +198,7 @@ impl Deliverer {
             req.payload,
             req.keys,
             req.attempt,
+            req.replay,
         )
         .map_err(|kind| (kind, "the event id cannot be sent as a header".to_owned()))?;
         let mut response = self
@@ -312,9 +322,11 @@ mod tests {
             body,
             std::slice::from_ref(&key),
             2,
+            None,
         )
         .unwrap();
         assert_eq!(h["x-team"], "risk");
+        assert!(h.get(REPLAY_HEADER).is_none());
         assert_eq!(h[ATTEMPT_HEADER], "2");
         assert_eq!(h["webhook-id"], "evt_1");
         assert_eq!(h["webhook-timestamp"], "1700000000");
@@ -327,11 +339,12 @@ mod tests {
     #[test]
     fn two_keys_during_a_rotation_give_two_signatures() {
         let keys = [Secret::generate(), Secret::generate()];
-        let h = headers(&[], "e", 1, b"{}", &keys, 1).unwrap();
+        let h = headers(&[], "e", 1, b"{}", &keys, 1, Some("after-outage")).unwrap();
         assert_eq!(
             h["webhook-signature"].to_str().unwrap().split(' ').count(),
             2
         );
+        assert_eq!(h[REPLAY_HEADER], "after-outage");
     }
 
     fn loopback_deliverer(allow_http: bool) -> Deliverer {
@@ -355,6 +368,7 @@ mod tests {
             keys: &keys,
             attempt: 1,
             timeout: Duration::from_secs(1),
+            replay: None,
         })
         .await
     }

@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hookline_core::dedup::IdHash;
 use hookline_core::envelope::Event;
 use hookline_core::lanes::LaneKey;
+use hookline_core::replay::ReplayTag;
 use jiff::Timestamp;
 
 use crate::tenant::endpoints::Endpoint;
@@ -76,6 +78,8 @@ pub struct Job {
     pub seq: i64,
     /// Its lane, for `PerKey` webhooks and keyed events.
     pub lane: Option<LaneKey>,
+    /// The replay it is part of (from a replay's retry record).
+    pub replay: Option<Arc<ReplayTag>>,
     /// Keeps the memory counters.
     pub held: Held,
 }
@@ -105,4 +109,7 @@ pub struct Completion {
     pub lane: Option<(LaneKey, i64)>,
     /// The outcome.
     pub done: Done,
+    /// A replayed delivery that ended: its done-marker ([`hookline_core::replay::done_hash`]),
+    /// already in the dedup topic, for the partition's memory.
+    pub replay_done: Option<IdHash>,
 }

@@ -56,6 +56,7 @@ pub async fn test_send(endpoint: Arc<Endpoint>, nonce: String, deliverer: Delive
                 keys: &keys,
                 attempt: 1,
                 timeout: settings.timeout,
+                replay: None,
             })
             .await),
     };

@@ -271,6 +271,13 @@ fn scan_once(
     let until = Instant::now() + deadline;
     while !ends.is_empty() && Instant::now() < until {
         let Some(result) = scanner.poll(Duration::from_millis(500)) else {
+            // Idle: the end may be a transaction marker (a replay's records are written in
+            // transactions), which is never handed over as a record but moves the position.
+            if let Ok(at) = scanner.position() {
+                ends.retain(|(t, p), end| {
+                    !matches!(at.find_partition(t, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *end)
+                });
+            }
             continue;
         };
         let msg = match result {
@@ -344,6 +351,12 @@ pub fn restore_seen(
             ));
         }
         let Some(result) = reader.poll(Duration::from_millis(500)) else {
+            // Idle: past a final transaction marker only the position says the end is reached.
+            if let Ok(at) = reader.position() {
+                ends.retain(|p, end| {
+                    !matches!(at.find_partition(topic, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *end)
+                });
+            }
             continue;
         };
         let msg = result?;

@@ -146,6 +146,18 @@ impl Writer {
         }
     }
 
+    /// An attempt record to write with [`Writer::write`] (acknowledged), keyed by event id.
+    pub fn attempt_out(&self, record: &AttemptRecord) -> Out {
+        Out {
+            topic: self.attempts_topic.clone(),
+            partition: None,
+            key: Some(record.event_id.as_bytes().to_vec()),
+            value: Bytes::from(serde_json::to_vec(record).unwrap_or_default()),
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+
     /// Writes an attempt record, best effort: never awaited, dropped when the producer's queue
     /// is full.
     pub fn record_attempt(&self, record: &AttemptRecord) {

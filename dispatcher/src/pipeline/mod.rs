@@ -77,6 +77,7 @@ use crate::delivery::job::{Completion, Done, Job, ms, now_ms};
 use crate::kafka::consumer::{self, Committable, KafkaConsumer, Rebalanced, Tp};
 use crate::ops::health::Health;
 use crate::tenant::endpoints::Registry;
+use crate::tenant::replays::Replays;
 
 pub mod partitions;
 pub mod pressure;
@@ -117,6 +118,8 @@ pub struct Wiring {
     pub grace: Duration,
     /// How long event ids are remembered (with `shared.writer.dedup_topic`).
     pub dedup_window: Duration,
+    /// The tenant's replays.
+    pub replays: Replays,
 }
 
 /// The running pipeline.
@@ -266,6 +269,10 @@ impl Pipeline {
         if c.done != Done::Abandoned {
             self.partitions.settle(&c.source);
         }
+        if let (Some(hash), Some(seen)) = (c.replay_done, self.dedup.get_mut(&c.source.partition)) {
+            let now_s = u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0);
+            seen.check(hash, c.source.offset, now_s);
+        }
         // Consume again as soon as memory has room, not at the next tick.
         if self.backpressure
             && self
@@ -353,12 +360,20 @@ impl Pipeline {
                 limits: &self.wiring.limits,
                 shared: &self.wiring.shared,
                 total: &self.total,
+                replays: &self.wiring.replays,
             };
             match tier {
                 None => {
                     records::from_event(&msg, &source, &cx, self.dedup.get_mut(&source.partition))
                 }
-                Some(tier) => records::from_retry(&msg, &source, tier, step, &cx),
+                Some(tier) => records::from_retry(
+                    &msg,
+                    &source,
+                    tier,
+                    step,
+                    &cx,
+                    self.dedup.get(&source.partition),
+                ),
             }
         };
         match fate {
@@ -380,6 +395,13 @@ impl Pipeline {
                 }
                 for job in jobs {
                     self.route(job, from_retry);
+                }
+            }
+            Fate::Dropped { lane, seq } => {
+                self.partitions.track(&source, 0);
+                if let Some(lane) = lane {
+                    self.lanes
+                        .forget_pending(source.partition, source.epoch, &lane, seq);
                 }
             }
             Fate::Forward(out) => {

@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicUsize;
 
 use hookline_core::dedup::{Check, Remembered, Seen, id_hash};
 use hookline_core::envelope::{self, Event, Limits};
+use hookline_core::replay::{ReplayTag, done_hash};
 use hookline_core::retry_topics::{AttemptRecord, DUPLICATE, DeadLetter, RetryMeta, Step};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use tracing::{debug, info};
@@ -20,6 +21,7 @@ use crate::delivery::attempt::Shared;
 use crate::delivery::job::{Held, Job, Source, now_ms};
 use crate::kafka::writer::Out;
 use crate::tenant::endpoints::{Endpoint, Registry};
+use crate::tenant::replays::Replays;
 
 /// A record's headers as (name, value) pairs.
 pub fn header_pairs(msg: &OwnedMessage) -> Vec<(&str, &[u8])> {
@@ -59,6 +61,14 @@ pub enum Fate {
     /// A record to write as it is (a re-park in another tier, or a dead letter), settled once
     /// written.
     Forward(Out),
+    /// A retry record dropped (its `Webhook` or its replay is gone, or its replayed delivery
+    /// ended before a restart): settled at once, and its lane no longer waits for it.
+    Dropped {
+        /// Its lane, when its record has a key.
+        lane: Option<hookline_core::lanes::LaneKey>,
+        /// Its place in the lane.
+        seq: i64,
+    },
 }
 
 /// What turning records into jobs reads.
@@ -71,6 +81,8 @@ pub struct Context<'a> {
     pub shared: &'a Shared,
     /// Jobs in memory, counted by each job's [`Held`].
     pub total: &'a Arc<AtomicUsize>,
+    /// The tenant's replays, to drop the deliveries of one that was deleted.
+    pub replays: &'a Replays,
 }
 
 /// An events record: parsed and fanned out to the endpoints whose patterns match its type, or
@@ -147,11 +159,11 @@ pub fn from_event(
         .map(|endpoint| {
             job(
                 endpoint,
-                event.clone(),
-                payload.clone(),
+                (event.clone(), payload.clone()),
                 0,
                 source.clone(),
                 source.offset,
+                None,
                 cx,
             )
         })
@@ -182,16 +194,17 @@ fn duplicate(event: &Event, endpoint: &Endpoint, first_offset: i64) -> AttemptRe
         next_attempt_at: None,
         dead_letter_reason: None,
         time: jiff::Timestamp::now().to_string(),
+        replay: None,
     }
 }
 
 fn job(
     endpoint: Arc<Endpoint>,
-    event: Arc<Event>,
-    payload: bytes::Bytes,
+    (event, payload): (Arc<Event>, bytes::Bytes),
     attempts: u32,
     source: Source,
     seq: i64,
+    replay: Option<ReplayTag>,
     cx: &Context<'_>,
 ) -> Job {
     let per_key = endpoint.settings().is_ok_and(|s| s.per_key);
@@ -209,17 +222,21 @@ fn job(
         source,
         seq,
         lane,
+        replay: replay.map(Arc::new),
     }
 }
 
 /// A retry record whose tier let it through with `step`: re-parked in another tier when its
 /// due time is further off, dropped when its `Webhook` is gone, or a job for its one endpoint.
+/// A replay's record is also dropped when the replay was deleted (cancelled), or when `seen`
+/// (the partition's dedup memory) says its delivery already ended before a restart.
 pub fn from_retry(
     msg: &OwnedMessage,
     source: &Source,
     tier: usize,
     step: Step,
     cx: &Context<'_>,
+    seen: Option<&Seen>,
 ) -> Fate {
     let headers = header_pairs(msg);
     let meta = match RetryMeta::from_headers(&headers) {
@@ -251,14 +268,19 @@ pub fn from_retry(
         });
     }
     debug!(tier, webhook = %meta.webhook, seq = meta.seq, "retry due");
+    let dropped = Fate::Dropped {
+        lane: msg.key().map(|k| {
+            (
+                Arc::from(meta.webhook.as_str()),
+                String::from_utf8_lossy(k).into_owned(),
+            )
+        }),
+        seq: meta.seq,
+    };
     let Some(endpoint) = cx.registry.get(&meta.webhook) else {
         cx.shared.metrics.record("orphaned");
         info!(webhook = %meta.webhook, "retry for a Webhook that no longer exists dropped");
-        return Fate::Jobs {
-            jobs: Vec::new(),
-            from_retry: true,
-            remember: None,
-        };
+        return dropped;
     };
     let event = match envelope::parse(&record(msg, &headers), cx.limits) {
         Ok(event) => Arc::new(event),
@@ -274,15 +296,29 @@ pub fn from_retry(
             );
         }
     };
-    cx.shared.metrics.record("retry");
+    if let Some(tag) = &meta.replay {
+        if !cx.replays.active(tag) {
+            cx.shared.metrics.record("replay_cancelled");
+            debug!(replay = %tag.name, event_id = %event.id, "delivery of a deleted replay dropped");
+            return dropped;
+        }
+        if seen.is_some_and(|s| s.contains(done_hash(&tag.uid, &event.id))) {
+            cx.shared.metrics.record("replay_done");
+            debug!(replay = %tag.name, event_id = %event.id, "replayed delivery already ended before a restart; not sent again");
+            return dropped;
+        }
+        cx.shared.metrics.record("replay");
+    } else {
+        cx.shared.metrics.record("retry");
+    }
     let payload = event.payload();
     let job = job(
         endpoint,
-        event,
-        payload,
+        (event, payload),
         meta.attempts,
         source.clone(),
         meta.seq,
+        meta.replay,
         cx,
     );
     Fate::Jobs {
