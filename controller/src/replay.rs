@@ -201,13 +201,19 @@ async fn patch_status(
 
 /// What the two threads report.
 #[derive(Default)]
-struct Progress {
-    scanned: AtomicI64,
-    matched: AtomicI64,
-    delivered: AtomicI64,
-    failed: AtomicI64,
-    queued_all: AtomicBool,
-    stop: AtomicBool,
+pub struct Progress {
+    /// Source records read.
+    pub scanned: AtomicI64,
+    /// Records taken (each event id once per partition).
+    pub matched: AtomicI64,
+    /// Replayed deliveries that ended delivered.
+    pub delivered: AtomicI64,
+    /// Replayed deliveries that ended failed.
+    pub failed: AtomicI64,
+    /// Every source range is read and queued.
+    pub queued_all: AtomicBool,
+    /// Set to stop both threads.
+    pub stop: AtomicBool,
 }
 
 fn kafka_config(ctx: &Context, settings: hookline_core::kafka::Settings) -> ClientConfig {
@@ -254,7 +260,10 @@ fn source(r: &WebhookReplay, webhook: &Webhook, ns: &str) -> Result<(String, Fil
 }
 
 /// Fixes each partition's range of `topic` (blocking).
-fn ranges(
+///
+/// # Errors
+/// When the topic's metadata or offsets cannot be read.
+pub fn ranges(
     config: &ClientConfig,
     topic: &str,
     window_ms: Option<(i64, i64)>,
@@ -545,13 +554,19 @@ async fn finish(
 }
 
 /// What [`inject`] reads and writes.
-struct Injection {
-    topic: String,
-    ranges: Vec<PartitionRange>,
-    filter: Filter,
-    tag: ReplayTag,
-    retry_topic: String,
-    rate: f64,
+pub struct Injection {
+    /// The source topic.
+    pub topic: String,
+    /// Its ranges.
+    pub ranges: Vec<PartitionRange>,
+    /// What is taken.
+    pub filter: Filter,
+    /// The replay.
+    pub tag: ReplayTag,
+    /// The first retry tier's topic.
+    pub retry_topic: String,
+    /// Records queued per second at most.
+    pub rate: f64,
 }
 
 /// Where one source partition stands.
@@ -634,7 +649,10 @@ fn take(
 
 /// Reads the source ranges and queues what matches, in transactions (blocking; see the module
 /// docs). Returns when every range is read, or `progress.stop`.
-fn inject(
+///
+/// # Errors
+/// A Kafka failure; the work is resumable (the position is committed with each chunk).
+pub fn inject(
     reader: &ClientConfig,
     writer: &ClientConfig,
     job: &Injection,
@@ -840,7 +858,10 @@ fn inject(
 
 /// Counts the replay's final attempt records from `from_ms` on (blocking) until
 /// `progress.stop`.
-fn tally(
+///
+/// # Errors
+/// When the attempts topic cannot be read.
+pub fn tally(
     config: &ClientConfig,
     attempts_topic: &str,
     from_ms: i64,
