@@ -9,10 +9,10 @@ export CARGO_TARGET_DIR ?= $(HOOKLINE_CACHE)/target
 CARGO ?= cargo
 KEEP ?= 0
 
-.PHONY: help tools build crds openapi env-up env-down env-status test demo image clean bench
+.PHONY: help tools build crds openapi env-up env-down env-status test demo image clean bench install-plugin
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 tools: ## build/download etcd, kube-apiserver, kube-controller-manager, kubectl and Kafka into the cache
 	localenv/tools.sh
@@ -41,6 +41,12 @@ test: ## everything: tools, fmt, clippy, unit tests, environment, integration te
 
 bench: ## benchmarks (release build, ~40 min; QUICK=1 for a ~10 min subset, BENCH_ARGS for more flags); see BENCHMARKS.md
 	bench/run.sh $(if $(filter 1,$(QUICK)),--quick) $(BENCH_ARGS)
+
+install-plugin: ## build kubectl-hookline (release) into PREFIX (default ~/.local/bin), for `kubectl hookline`
+	$(CARGO) build --release --locked -p hookline-kubectl
+	install -d "$${PREFIX:-$$HOME/.local/bin}"
+	install -m 0755 "$(CARGO_TARGET_DIR)/release/kubectl-hookline" "$${PREFIX:-$$HOME/.local/bin}/kubectl-hookline"
+	@echo "installed $${PREFIX:-$$HOME/.local/bin}/kubectl-hookline; kubectl finds it when that directory is on PATH"
 
 image: ## the container image (buildah, FROM scratch, static binaries) and a check that its binaries start
 	localenv/image.sh
