@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use hookline_tests::api::Publishing;
-use hookline_tests::receiver::Receiver;
+use hookline_tests::receiver::{Behavior, Receiver};
 use hookline_tests::tenant::{Tenant, WITHIN};
 use hookline_tests::{LogDump, install, pods, random_suffix, wait};
 use serde_json::{Value, json};
@@ -60,6 +60,29 @@ fn requests_for(rx: &Receiver, id: &str) -> usize {
         .iter()
         .filter(|r| r.header("webhook-id") == Some(id))
         .count()
+}
+
+/// SIGKILL of the tenant's dispatcher; returns once the pod runner restarted it and it is ready.
+async fn kill_and_wait_restart(t: &Tenant) {
+    let pods = t.dispatcher_pods().await;
+    let pod = pods[0].metadata.name.clone().unwrap();
+    let old =
+        pods::pid(install::OPERATOR_NAMESPACE, &pod, "dispatcher").expect("the dispatcher's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait::until(WITHIN, "the dispatcher restarted and ready", || async {
+        let pid = pods::pid(install::OPERATOR_NAMESPACE, &pod, "dispatcher");
+        let ready = pid.is_some_and(|p| p != old && pods::alive(p))
+            && t.dispatcher_get("/readyz")
+                .await
+                .starts_with("HTTP/1.1 200");
+        Ok(ready.then_some(()))
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,10 +148,6 @@ async fn copies_of_an_event_over_http_and_kafka_are_delivered_once_also_across_a
     })
     .await
     .unwrap();
-    let pods = t.dispatcher_pods().await;
-    let pod = pods[0].metadata.name.clone().unwrap();
-    let old =
-        pods::pid(install::OPERATOR_NAMESPACE, &pod, "dispatcher").expect("the dispatcher's pid");
     // Kill it once the copy's offset is committed (the id is remembered before that).
     wait::until(WITHIN, "every events offset committed", || async {
         let (env, topic, group) = (
@@ -140,21 +159,7 @@ async fn copies_of_an_event_over_http_and_kafka_are_delivered_once_also_across_a
     })
     .await
     .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(old),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    wait::until(WITHIN, "the dispatcher restarted and ready", || async {
-        let pid = pods::pid(install::OPERATOR_NAMESPACE, &pod, "dispatcher");
-        let ready = pid.is_some_and(|p| p != old && pods::alive(p))
-            && t.dispatcher_get("/readyz")
-                .await
-                .starts_with("HTTP/1.1 200");
-        Ok(ready.then_some(()))
-    })
-    .await
-    .unwrap();
+    kill_and_wait_restart(&t).await;
     publish(second.clone()).await;
     wait::until(
         WITHIN,
@@ -175,4 +180,63 @@ async fn copies_of_an_event_over_http_and_kafka_are_delivered_once_also_across_a
         1,
         "delivered once across the kill"
     );
+}
+
+/// The one window the docs name (docs/reference.md, "Duplicates"): a crash between a delivery
+/// and its offset commit. The record is read again after the restart and delivered again — the
+/// same `webhook-id` twice, at least once — and a copy published after that is still suppressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_the_first_copy_is_in_flight_delivers_it_again_and_later_copies_are_suppressed()
+ {
+    let mut dump = LogDump::new();
+    let Publishing {
+        t,
+        rx,
+        api,
+        publisher,
+        ..
+    } = Publishing::start("dedup-window", json!({}), &mut dump).await;
+    let ns = t.ns.name.clone();
+    // The receiver holds its answer, so the delivery is in flight when the dispatcher dies.
+    rx.program("/orders", Behavior::delayed(Duration::from_secs(20)));
+    let id = format!("evt_window_{}", random_suffix());
+    let body = json!({"type": "transaction.review", "data": {"tx": 2}});
+    let publish = || async {
+        let (s, _, res) = api
+            .publish(&ns, &publisher, &body, &[("idempotency-key", &id)])
+            .await
+            .unwrap();
+        assert_eq!(s, 202, "{res}");
+    };
+    publish().await;
+    wait::until(WITHIN, "the first delivery in flight", || async {
+        Ok((requests_for(&rx, &id) == 1).then_some(()))
+    })
+    .await
+    .unwrap();
+    rx.program("/orders", Behavior::default());
+    kill_and_wait_restart(&t).await;
+    wait::until(WITHIN, "the in-flight delivery made again", || async {
+        Ok((requests_for(&rx, &id) == 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    let both: Vec<_> = rx
+        .requests("/orders")
+        .into_iter()
+        .filter(|r| r.header("webhook-id") == Some(id.as_str()))
+        .collect();
+    assert_eq!(
+        both[0].body, both[1].body,
+        "the same event, the same id: receivers de-duplicate it"
+    );
+    assert_eq!(duplicates_counted(&t).await, 0, "read again, not a copy");
+    // A copy published now is recognised (the id was remembered before the crash).
+    publish().await;
+    wait::until(WITHIN, "the later copy counted as a duplicate", || async {
+        Ok((duplicates_counted(&t).await >= 1).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(requests_for(&rx, &id), 2, "the later copy is not delivered");
 }
