@@ -36,7 +36,10 @@ use hookline_core::naming;
 use hookline_core::ratelimit::{RateLimiter, default_burst};
 use hookline_core::replay::{End, Filter, ReplayTag, Tally};
 use hookline_core::retry_topics::{AttemptRecord, RetryMeta, headers as dl};
-use hookline_crds::{PartitionRange, ReplayPhase, Webhook, WebhookReplay, WebhookReplayStatus};
+use hookline_crds::{
+    PartitionRange, REPLAY_COMPLETE, REPLAY_PROGRESSING, ReplayPhase, Webhook, WebhookReplay,
+    WebhookReplayStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -56,9 +59,9 @@ use crate::context::Context;
 use crate::error::Error;
 
 /// Records per transaction at most.
-pub const CHUNK: usize = 1_000;
+pub const CHUNK: usize = 10_000;
 /// A transaction is committed at least this often while records flow.
-const CHUNK_TIME: Duration = Duration::from_millis(200);
+const CHUNK_TIME: Duration = Duration::from_millis(500);
 /// Default pace when the spec sets none.
 pub const DEFAULT_RATE: f64 = 1_000.0;
 /// How long Kafka calls may take before the runner gives up and restarts them.
@@ -123,7 +126,7 @@ pub async fn reconcile(r: Arc<WebhookReplay>, rc: Arc<ReplayContext>) -> Result<
         let status = WebhookReplayStatus {
             phase: Some(ReplayPhase::Pending),
             conditions: vec![condition(
-                "Complete",
+                REPLAY_COMPLETE,
                 "False",
                 "WebhookNotFound",
                 &format!(
@@ -364,13 +367,13 @@ async fn run(
         status.phase = Some(ReplayPhase::Running);
         status.conditions = vec![
             condition(
-                "Complete",
+                REPLAY_COMPLETE,
                 "False",
                 "Running",
                 "reading the source and re-delivering",
             ),
             condition(
-                "Progressing",
+                REPLAY_PROGRESSING,
                 "True",
                 "Started",
                 &format!("replaying from {topic}"),
@@ -533,8 +536,8 @@ async fn finish(
     });
     status.completion_time = Some(Time(jiff::Timestamp::now()));
     status.conditions = vec![
-        condition("Complete", "True", reason, message),
-        condition("Progressing", "False", reason, message),
+        condition(REPLAY_COMPLETE, "True", reason, message),
+        condition(REPLAY_PROGRESSING, "False", reason, message),
     ];
     if patch_status(ctx, r, &status).await? {
         ctx.event(

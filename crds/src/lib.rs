@@ -8,8 +8,9 @@ pub mod replay;
 pub mod webhook;
 
 pub use replay::{
-    DeadLetterSource, PartitionRange, ReplayPhase, ReplayRateLimit, ReplaySource, TimeRange,
-    WebhookRef, WebhookReplay, WebhookReplaySpec, WebhookReplayStatus,
+    COMPLETE as REPLAY_COMPLETE, DeadLetterSource, PROGRESSING as REPLAY_PROGRESSING,
+    PartitionRange, ReplayPhase, ReplayRateLimit, ReplaySource, TimeRange, WebhookRef,
+    WebhookReplay, WebhookReplaySpec, WebhookReplayStatus,
 };
 pub use webhook::{
     Backoff, DeliverySpec, DisabledStatus, FailureStatus, Ordering, RateLimitSpec, RetrySpec,

@@ -15,6 +15,13 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Condition type: True once the replay ended; its reason says how (`Succeeded`,
+/// `NothingMatched`, `EventsFailed`, `WebhookDeleted`, `InvalidSpec`; `WebhookNotFound` or
+/// `Running` while False).
+pub const COMPLETE: &str = "Complete";
+/// Condition type: True while the replay reads its source and re-delivers.
+pub const PROGRESSING: &str = "Progressing";
+
 /// Re-deliver what a `Webhook` missed.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(

@@ -28,7 +28,7 @@ use crate::progress::{self, Line};
 use crate::{annotation, timespec, watch};
 
 /// The condition a finished replay carries; its reason and message say how it ended.
-pub const COMPLETE: &str = "Complete";
+pub use hookline_crds::REPLAY_COMPLETE as COMPLETE;
 
 /// Longest object name (a DNS subdomain).
 const NAME_MAX: usize = 253;

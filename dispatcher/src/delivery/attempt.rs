@@ -99,33 +99,36 @@ impl Shared {
     }
 
     /// Writes the attempt record of `job`: best effort, except the one that ends a replayed
-    /// delivery, which the replay's count relies on and so is acknowledged before the job settles.
+    /// delivery, which the replay's count relies on: that one, and the delivery's done-marker in
+    /// the dedup topic (so a dispatcher that reads its retry record again skips it), are written
+    /// together and acknowledged before the job settles.
     async fn record(&self, job: &Job, record: &AttemptRecord, ends: bool) {
-        if ends && job.replay.is_some() {
-            self.writer.write(self.writer.attempt_out(record)).await;
-        } else {
+        if !(ends && job.replay.is_some()) {
             self.writer.record_attempt(record);
+            return;
         }
+        let marker = async {
+            if let Some(out) = self.done_marker(job) {
+                self.writer.write(out).await;
+            }
+        };
+        tokio::join!(self.writer.write(self.writer.attempt_out(record)), marker);
     }
 
-    /// For a replayed delivery that ended: remembers it in the dedup topic (acknowledged) so a
-    /// dispatcher that reads its retry record again skips it; answers the done-marker.
-    async fn replay_ended(&self, job: &Job) -> Option<IdHash> {
+    /// The dedup-topic record remembering that a replayed delivery ended, when dedup is on.
+    fn done_marker(&self, job: &Job) -> Option<Out> {
         let tag = job.replay.as_ref()?;
-        let hash = done_hash(&tag.uid, &job.event.id);
         let topic = self.writer.dedup_topic.as_deref()?;
         let at_s = u64::try_from(Timestamp::now().as_second()).unwrap_or(0);
-        let out = self.writer.remember_record(
+        Some(self.writer.remember_record(
             topic,
             job.source.partition,
             &Remembered {
-                hash,
+                hash: done_hash(&tag.uid, &job.event.id),
                 offset: job.source.offset,
                 at_s,
             },
-        );
-        self.writer.write(out).await;
-        Some(hash)
+        ))
     }
 }
 
@@ -172,11 +175,13 @@ fn record(job: &Job, started: Timestamp) -> AttemptRecord {
 /// Delivers `job` and reports what became of it.
 pub async fn deliver(job: Job, shared: Arc<Shared>) {
     let done = attempt(&job, &shared).await;
-    let replay_done = if done == Done::Finished {
-        shared.replay_ended(&job).await
-    } else {
-        None
-    };
+    // Every path that finishes a job wrote its final attempt record (and, for a replayed one,
+    // its done-marker) already.
+    let replay_done = job
+        .replay
+        .as_ref()
+        .filter(|_| done == Done::Finished && shared.writer.dedup_topic.is_some())
+        .map(|tag| done_hash(&tag.uid, &job.event.id));
     shared.complete(&job, done, replay_done);
 }
 
