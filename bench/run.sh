@@ -3,7 +3,9 @@
 #   1. tools into the cache (as `make test` does)
 #   2. the local environment, unless one is already up (then it is used and left running)
 #   3. release builds of hookline-dispatcher and hookline-api (the systems under test) and hookline-bench
-#   4. hookline-bench with the given flags (`--quick` for a subset); results in bench/results/runs/ (git-ignored)
+#   4. hookline-bench with the given flags (`--quick` for a subset), then the publishing (issue 13)
+#      and replay (issue 15) benchmarks (`--quick` passed on); results in bench/results/runs/
+#      (git-ignored)
 #   5. the environment stopped again if this script started it, also on failure
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +24,7 @@ fi
 cargo build --locked -p hookline-controller -p hookline-dispatcher --bins
 cargo build --release --locked -p hookline-dispatcher -p hookline-api -p hookline-bench
 "$CARGO_TARGET_DIR/release/hookline-bench" "$@"
+quick=()
+for arg in "$@"; do [[ $arg == --quick ]] && quick=(--quick); done
+"$CARGO_TARGET_DIR/release/publish" "${quick[@]}"
+"$CARGO_TARGET_DIR/release/replay" --e2e-runs 3 "${quick[@]}"
