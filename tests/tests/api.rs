@@ -292,6 +292,21 @@ fn every_operation(
         ("GET", format!("/api/v1/tenants/{tenant}/stats"), None),
         (
             "POST",
+            wh_path(tenant, &format!("/{webhook}/replays")),
+            Some(json!({"source": {"deadLetters": {}}})),
+        ),
+        (
+            "GET",
+            wh_path(tenant, &format!("/{webhook}/replays/x")),
+            None,
+        ),
+        (
+            "POST",
+            format!("/api/v1/tenants/{tenant}/deliveries/{event}/resend"),
+            Some(json!({})),
+        ),
+        (
+            "POST",
             format!("/api/v1/tenants/{tenant}/events"),
             Some(json!({"type": "a", "data": {}})),
         ),
@@ -416,6 +431,8 @@ async fn a_tenant_token_reaches_nothing_of_another_tenant_and_a_viewer_neither_w
                 "secrets"
             } else if path.contains("/events") {
                 "webhookevents"
+            } else if path.contains("/replays") || path.ends_with("/resend") {
+                "webhookreplays"
             } else {
                 "webhooks"
             };
@@ -455,7 +472,7 @@ async fn a_tenant_token_reaches_nothing_of_another_tenant_and_a_viewer_neither_w
             operations += 1;
         }
     }
-    assert_eq!(operations, 15, "the document lists every operation");
+    assert_eq!(operations, 18, "the document lists every operation");
 
     // No token, a bad token, or a token without any role: 401, 401, 403 everywhere.
     for (method, path, body) in every_operation(&a.ns.name, "a-hook", "evt_none") {

@@ -114,6 +114,11 @@ pub async fn get(
     caller: Caller,
     Named3(tenant, webhook, name): Named3,
 ) -> Result<Json<ReplayView>, Problem> {
+    if !is_subdomain(&name) || !is_subdomain(&webhook) {
+        return Err(Problem::not_found(format!(
+            "no replay {name:?} of Webhook {webhook:?} (not object names)"
+        )));
+    }
     let r = app
         .kube
         .as_caller(&caller.token)
@@ -139,6 +144,10 @@ pub async fn resend(
     let wanted = body.webhook;
     app.auth
         .allow(&caller, &tenant, "get", "deliveries")
+        .await?;
+    // Refused before the log is read: whoever may not replay learns nothing of the event.
+    app.auth
+        .allow(&caller, &tenant, "create", "webhookreplays")
         .await?;
     let store = app.store.clone();
     let (t, id) = (tenant.clone(), event_id.clone());
