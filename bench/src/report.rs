@@ -58,12 +58,36 @@ impl Machine {
             model,
             mem_mib,
             kernel,
-            loadavg_start: std::fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
+            loadavg_start: loadavg(),
         }
     }
+}
+
+/// `/proc/loadavg` as it reads now (empty where there is none).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The checkout's short commit, with `-dirty` when the tree has changes (empty without git).
+pub fn git_describe() -> String {
+    let out = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(hookline_tests::repo_root())
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let dirty = !out(&["status", "--porcelain"]).is_empty();
+    format!(
+        "{}{}",
+        out(&["rev-parse", "--short", "HEAD"]),
+        if dirty { "-dirty" } else { "" }
+    )
 }
 
 /// Everything a benchmark invocation found.

@@ -219,8 +219,7 @@ pub struct Progress {
     pub stop: AtomicBool,
 }
 
-fn kafka_config(ctx: &Context, settings: hookline_core::kafka::Settings) -> ClientConfig {
-    let _ = ctx;
+fn kafka_config(settings: hookline_core::kafka::Settings) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in settings {
         c.set(k, v);
@@ -354,10 +353,10 @@ async fn run(
         Err(e) => return finish(ctx, r, status, "InvalidSpec", &e).await,
     };
     if status.source_ranges.is_empty() || status.start_time.is_none() {
-        let config = kafka_config(
-            ctx,
-            hookline_core::kafka::replay_reader(&base(ctx), &format!("hookline-replay.{uid}")),
-        );
+        let config = kafka_config(hookline_core::kafka::replay_reader(
+            &base(ctx),
+            &format!("hookline-replay.{uid}"),
+        ));
         let (t, w) = (topic.clone(), filter.window_ms);
         let ranges = blocking(move || ranges(&config, &t, w)).await?;
         status.source_topic = Some(topic.clone());
@@ -401,27 +400,24 @@ async fn run(
         .as_ref()
         .map_or(0, |t| t.0.as_millisecond());
     let tally_thread = {
-        let config = kafka_config(
-            ctx,
-            hookline_core::kafka::replay_reader(
-                &base(ctx),
-                &format!("hookline-replay-tally.{uid}"),
-            ),
-        );
+        let config = kafka_config(hookline_core::kafka::replay_reader(
+            &base(ctx),
+            &format!("hookline-replay-tally.{uid}"),
+        ));
         let (attempts, uid, p) = (naming::topics(&ns).attempts, uid.clone(), progress.clone());
         tokio::task::spawn_blocking(move || {
             tally(&config, &attempts, started_ms - 60_000, &uid, &p)
         })
     };
     let inject_thread = {
-        let reader = kafka_config(
-            ctx,
-            hookline_core::kafka::replay_reader(&base(ctx), &format!("hookline-replay.{uid}")),
-        );
-        let writer = kafka_config(
-            ctx,
-            hookline_core::kafka::replay_writer(&base(ctx), &format!("hookline-replay.{uid}")),
-        );
+        let reader = kafka_config(hookline_core::kafka::replay_reader(
+            &base(ctx),
+            &format!("hookline-replay.{uid}"),
+        ));
+        let writer = kafka_config(hookline_core::kafka::replay_writer(
+            &base(ctx),
+            &format!("hookline-replay.{uid}"),
+        ));
         let job = Injection {
             topic,
             ranges: status.source_ranges.clone(),

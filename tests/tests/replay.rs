@@ -99,6 +99,17 @@ async fn dead_letters(prefix: &str, n: usize) -> (Tenant, Receiver) {
     (t, rx)
 }
 
+/// How many requests each `webhook-id` got.
+fn requests_per_id(got: &[&Recorded]) -> HashMap<String, usize> {
+    let mut per_id = HashMap::new();
+    for r in got {
+        *per_id
+            .entry(r.header("webhook-id").unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    per_id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_replayed_once_each_in_key_order_also_across_a_kill_9() {
     let n = 2_000;
@@ -148,12 +159,7 @@ async fn dead_letters_are_replayed_once_each_in_key_order_also_across_a_kill_9()
 
     let got = rx.requests("/hooks");
     let again = replayed(&got, name);
-    let mut per_id: HashMap<String, usize> = HashMap::new();
-    for r in &again {
-        *per_id
-            .entry(r.header("webhook-id").unwrap_or_default().to_owned())
-            .or_default() += 1;
-    }
+    let per_id = requests_per_id(&again);
     let expected: HashSet<String> = (0..n).map(|i| format!("evt_{i}")).collect();
     let ids: HashSet<String> = per_id.keys().cloned().collect();
     assert_eq!(ids, expected, "exactly the dead letters, each of them");
@@ -522,12 +528,7 @@ async fn a_controller_killed_mid_replay_resumes_without_queueing_anything_twice(
     // The dispatcher was not touched: every event exactly once.
     let got = rx.requests("/hooks");
     let again = replayed(&got, name);
-    let mut per_id: HashMap<String, usize> = HashMap::new();
-    for r in &again {
-        *per_id
-            .entry(r.header("webhook-id").unwrap_or_default().to_owned())
-            .or_default() += 1;
-    }
+    let per_id = requests_per_id(&again);
     assert_eq!(per_id.len(), n, "every dead letter replayed");
     let twice: Vec<_> = per_id.iter().filter(|(_, c)| **c > 1).collect();
     assert!(

@@ -160,31 +160,6 @@ fn release_bin(flag: Option<&PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
-fn git() -> String {
-    let out = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(repo_root())
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
-    let dirty = !out(&["status", "--porcelain"]).is_empty();
-    format!(
-        "{}{}",
-        out(&["rev-parse", "--short", "HEAD"]),
-        if dirty { "-dirty" } else { "" }
-    )
-}
-
 /// The producer the API uses (`hookline_core::kafka::producer` plus `Publisher::new`'s
 /// `message.timeout.ms` and `linger.ms`).
 fn api_like_producer(env: &Env, timeout: Duration) -> anyhow::Result<FutureProducer> {
@@ -324,7 +299,7 @@ async fn open_point(s: &Senders, watched: &Watched, cli: &Cli) -> Point {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let started = jiff::Timestamp::now();
     let stamp = started.strftime("%Y%m%dT%H%M%SZ").to_string();
-    let loadavg_before = loadavg();
+    let loadavg_before = hookline_bench::report::loadavg();
     let api_bin = release_bin(cli.api_bin.as_ref(), "hookline-api")?;
     let dispatcher_bin = release_bin(cli.dispatcher_bin.as_ref(), "hookline-dispatcher")?;
     let env = Env::read()?;
@@ -529,10 +504,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let report = Report {
         started: started.to_string(),
-        git: git(),
+        git: hookline_bench::report::git_describe(),
         cpus: hookline_bench::procstat::cpus(),
         loadavg_before,
-        loadavg_after: loadavg(),
+        loadavg_after: hookline_bench::report::loadavg(),
         api_bin: api_bin.display().to_string(),
         dispatcher_bin: dispatcher_bin.display().to_string(),
         cli: cli.clone(),

@@ -174,31 +174,6 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(cli))
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
-fn git() -> String {
-    let out = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(repo_root())
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
-    let dirty = !out(&["status", "--porcelain"]).is_empty();
-    format!(
-        "{}{}",
-        out(&["rev-parse", "--short", "HEAD"]),
-        if dirty { "-dirty" } else { "" }
-    )
-}
-
 fn config(settings: hookline_core::kafka::Settings) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in settings {
@@ -585,7 +560,7 @@ async fn end_to_end(
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let started = jiff::Timestamp::now();
     let stamp = started.strftime("%Y%m%dT%H%M%SZ").to_string();
-    let loadavg_before = loadavg();
+    let loadavg_before = hookline_bench::report::loadavg();
     eprintln!("replay: load average before {loadavg_before}");
     let dispatcher_bin = cli.dispatcher_bin.clone().unwrap_or_else(|| {
         std::env::current_exe()
@@ -633,10 +608,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let report = Report {
         started: started.to_string(),
-        git: git(),
+        git: hookline_bench::report::git_describe(),
         cpus: hookline_bench::procstat::cpus(),
         loadavg_before,
-        loadavg_after: loadavg(),
+        loadavg_after: hookline_bench::report::loadavg(),
         dispatcher_bin: dispatcher_bin.display().to_string(),
         cli: cli.clone(),
         dlq_records,
