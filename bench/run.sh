@@ -3,9 +3,9 @@
 #   1. tools into the cache (as `make test` does)
 #   2. the local environment, unless one is already up (then it is used and left running)
 #   3. release builds of hookline-dispatcher and hookline-api (the systems under test) and hookline-bench
-#   4. hookline-bench with the given flags (`--quick` for a subset), then the publishing (issue 13)
-#      and replay (issue 15) benchmarks (`--quick` passed on); results in bench/results/runs/
-#      (git-ignored)
+#   4. hookline-bench with the given flags (`--quick` for a subset), then the publishing (issue 13),
+#      replay (issue 15) and fail-over (issue 16) benchmarks (`--quick` passed on); results in
+#      bench/results/runs/ (git-ignored)
 #   5. the environment stopped again if this script started it, also on failure
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +28,4 @@ quick=()
 for arg in "$@"; do [[ $arg == --quick ]] && quick=(--quick); done
 "$CARGO_TARGET_DIR/release/publish" "${quick[@]}"
 "$CARGO_TARGET_DIR/release/replay" --e2e-runs 3 "${quick[@]}"
+"$CARGO_TARGET_DIR/release/failover" "${quick[@]}"

@@ -14,6 +14,17 @@ QUIET=0
 ORDER=(hookline-podrunner kafka kube-controller-manager kube-apiserver etcd)
 declare -A GRACE=([hookline-podrunner]=30 [kafka]=30)
 
+# The nodes of a 3-broker Kafka (kafka-1..3) are stopped together: one after the other, the
+# last would wait for a controller quorum that is already gone before it shuts down.
+stop_kafka_cluster() {
+  local name pids=()
+  for name in "$@"; do
+    stop_pid "$name" 30 &
+    pids+=($!)
+  done
+  for name in "${pids[@]}"; do wait "$name" || true; done
+}
+
 # Pod processes are recorded by the pod runner as $RUN/pods/<ns>_<pod>/<container>.pid, one
 # pid per file, each the leader of its own process group (children included). Like the pod
 # runner's own cleanup: signal only a pid that is alive and leads its group, and only if it
@@ -64,9 +75,20 @@ main() {
   for name in "${ORDER[@]}"; do
     [[ " ${names[*]} " == *" $name "* ]] || names+=("$name")
   done
+  local cluster=()
   for name in "${names[@]}"; do
+    if [[ $name == kafka-[0-9]* ]]; then
+      cluster+=("$name")
+      continue
+    fi
+    # The Kafka nodes go where the first of them stood in the order (after the pod runner).
+    if ((${#cluster[@]})); then
+      stop_kafka_cluster "${cluster[@]}"
+      cluster=()
+    fi
     stop_pid "$name" "${GRACE[$name]:-15}"
   done
+  ((${#cluster[@]} == 0)) || stop_kafka_cluster "${cluster[@]}"
   # Anything else with a pid file (a component added later that this list does not know).
   local f
   for f in "$PIDS_DIR"/*.pid; do

@@ -221,10 +221,11 @@ apiserver_ready() { [[ $(apiserver_get /readyz) == ok ]]; }
 # /healthz is on the controller manager's always-allowed paths; its serving cert is self-signed.
 kcm_healthy() { [[ $(curl -ksS --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz") == ok ]]; }
 
-# kafka_ready PORT: the broker answers an ApiVersions and a Metadata request listing itself,
-# spoken directly in the Kafka wire protocol (no JVM start: ~0.1 s instead of ~3 s).
+# kafka_ready PORT [BROKERS]: the broker answers an ApiVersions and a Metadata request listing
+# itself (or at least BROKERS brokers: a cluster whose nodes have all registered), spoken
+# directly in the Kafka wire protocol (no JVM start: ~0.1 s instead of ~3 s).
 kafka_ready() {
-  python3 - "$1" <<'PY'
+  python3 - "$1" "${2:-1}" <<'PY'
 import socket, struct, sys
 
 def call(sock, api_key, version, corr, body):
@@ -253,9 +254,25 @@ if err:
 # Metadata v4, no topics, no auto-creation -> throttle_time_ms, brokers[node_id, host, port, rack].
 r = call(sock, 3, 4, 2, struct.pack(">i", 0) + b"\x00")
 (brokers,) = struct.unpack(">i", r[4:8])
-if brokers < 1:
-    sys.exit("the broker lists no brokers in its metadata yet")
+if brokers < int(sys.argv[2]):
+    sys.exit(f"the broker lists {brokers} of {sys.argv[2]} brokers in its metadata yet")
 PY
+}
+
+# Kafka nodes: one (component `kafka`, port KAFKA_PORT), or with HOOKLINE_LOCALENV_KAFKA_BROKERS=3
+# a cluster (ports.env: KAFKA_BROKERS=3; components kafka-1..3, ports KAFKA_N_PORT and
+# KAFKA_N_CONTROLLER_PORT; node 1's equal KAFKA_PORT/KAFKA_CONTROLLER_PORT).
+kafka_brokers() { echo "${KAFKA_BROKERS:-1}"; }
+# kafka_node_name N: the component name of node N (`kafka` when there is one).
+kafka_node_name() { if (($(kafka_brokers) == 1)); then echo kafka; else echo "kafka-$1"; fi; }
+# kafka_node_dir N: its config and data directory.
+kafka_node_dir() { if (($(kafka_brokers) == 1)); then echo "$RUN/kafka"; else echo "$RUN/kafka/$1"; fi; }
+# kafka_node_port N [CONTROLLER]: its PLAINTEXT (or CONTROLLER) port.
+kafka_node_port() {
+  local var=KAFKA_${1}_PORT
+  (($(kafka_brokers) > 1)) || var=KAFKA_PORT
+  [[ ${2:-} == CONTROLLER ]] && var=${var%_PORT}_CONTROLLER_PORT
+  printf '%s\n' "${!var}"
 }
 
 # env_healthy: every component up.sh started is still running and answering.
@@ -265,5 +282,5 @@ env_healthy() {
   while read -r name; do
     component_alive "$name" || return 1
   done <"$RUN/components"
-  etcd_healthy && apiserver_ready && kcm_healthy && kafka_ready "$KAFKA_PORT" >/dev/null 2>&1
+  etcd_healthy && apiserver_ready && kcm_healthy && kafka_ready "$KAFKA_PORT" "$(kafka_brokers)" >/dev/null 2>&1
 }

@@ -10,6 +10,7 @@ if [[ ${1:-} == --quiet ]]; then
   exit
 fi
 
+# Kafka is `kafka`, or kafka-1..3 in a 3-broker environment (set in main, from ports.env).
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kafka hookline-podrunner)
 
 # health NAME: "healthy" / "not answering" for a running component, from its own check.
@@ -19,6 +20,7 @@ health() {
     kube-apiserver) apiserver_ready ;;
     kube-controller-manager) kcm_healthy ;;
     kafka) kafka_ready "$KAFKA_PORT" ;;
+    kafka-*) kafka_ready "$(kafka_node_port "${1#kafka-}")" ;;
     hookline-podrunner)
       [[ $("$KUBECTL" --kubeconfig "$RUN/kubeconfig" get node hookline-local \
         -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
@@ -32,6 +34,7 @@ endpoint() {
     kube-apiserver) echo "https://127.0.0.1:$APISERVER_PORT" ;;
     kube-controller-manager) echo "https://127.0.0.1:$KCM_PORT" ;;
     kafka) echo "127.0.0.1:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)" ;;
+    kafka-*) echo "127.0.0.1:$(kafka_node_port "${1#kafka-}") (controller $(kafka_node_port "${1#kafka-}" CONTROLLER))" ;;
     hookline-podrunner) echo "node hookline-local" ;;
   esac
 }
@@ -41,7 +44,12 @@ main() {
     echo "no local environment in $RUN (start one with: make env-up)"
     exit 1
   fi
-  local name pid start state all_ok=1
+  local name pid start state all_ok=1 n
+  if (($(kafka_brokers) > 1)); then
+    COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+    for ((n = 1; n <= $(kafka_brokers); n++)); do COMPONENTS+=("kafka-$n"); done
+    COMPONENTS+=(hookline-podrunner)
+  fi
   printf '%-24s %-8s %-14s %s\n' COMPONENT PID STATE ENDPOINT
   for name in "${COMPONENTS[@]}"; do
     if ! read -r pid start < <(read_pid "$name"); then

@@ -4,8 +4,10 @@
 #   2. cargo fmt --check, clippy -D warnings, unit tests (no environment needed)
 #   3. the local environment (unless one is already up, which is then left running)
 #   4. integration and end-to-end tests against it
-#   5. the container image built and its binaries started (localenv/image.sh)
-#   6. the environment stopped again, also on failure
+#   5. a second environment with 3 Kafka brokers beside the first, the multi-broker suite in
+#      it (a broker killed mid-stream), and that environment stopped again, also on failure
+#   6. the container image built and its binaries started (localenv/image.sh)
+#   7. the environment stopped again, also on failure
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HOOKLINE_CACHE="${HOOKLINE_CACHE:-$HOME/.cache/hookline}"
@@ -51,6 +53,26 @@ fi
 step "integration and end-to-end tests"
 # The test binaries share one environment; each test makes its own namespace and topics.
 cargo test --workspace --locked --no-fail-fast --test '*' -- --test-threads="${HOOKLINE_TEST_THREADS:-4}"
+
+# Its own run directory, ports and Pod IPs (127.3.x.y; the main one's are 127.1.x.y), so the
+# main environment keeps running beside it, untouched. Stopped when the step ends, however.
+multibroker() {
+  local main_pod_ips=${HOOKLINE_POD_IP_BASE:-127.1}
+  export HOOKLINE_RUN_DIR=$HOOKLINE_CACHE/run-3brokers HOOKLINE_LOCALENV_KAFKA_BROKERS=3
+  export HOOKLINE_POD_IP_BASE=127.3
+  [[ $main_pod_ips != 127.3 ]] || HOOKLINE_POD_IP_BASE=127.4
+  trap 'localenv/down.sh' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  localenv/up.sh
+  cargo test -p hookline-tests --locked --test multibroker -- --ignored
+}
+if [[ ${HOOKLINE_SKIP_MULTIBROKER:-0} == 1 ]]; then
+  step "multi-broker Kafka: SKIPPED because HOOKLINE_SKIP_MULTIBROKER=1"
+else
+  step "multi-broker Kafka: a second environment with 3 brokers, one killed mid-stream (tests/tests/multibroker.rs)"
+  (multibroker)
+fi
 
 if [[ ${HOOKLINE_SKIP_IMAGE:-0} == 1 ]]; then
   step "container image: SKIPPED because HOOKLINE_SKIP_IMAGE=1"

@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     let publisher = Publisher::new(
-        hookline_core::kafka::producer(&base),
+        hookline_core::kafka::producer(&base, settings.max_event),
         settings.publish_timeout,
         settings.publish_rate,
         Limits {

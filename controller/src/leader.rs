@@ -1,9 +1,26 @@
 //! Leader election on a `coordination.k8s.io` Lease in the operator namespace, so that of two
 //! controller replicas only one reconciles. The leader renews the Lease every few seconds; a
 //! replica takes it over only when it has not been renewed for the lease duration. Updates carry
-//! the Lease's resourceVersion, so two candidates can never both win. A leader that cannot
-//! renew in time exits, and its Deployment restarts it as a candidate. `main` starts both
+//! the Lease's resourceVersion, so two candidates can never both win. `main` starts both
 //! reconcilers (the `Webhook`'s and the tenant's) and their watches only once [`lead`] returns.
+//!
+//! # Guarantees
+//! - A leader that has not renewed for [`Timing::deadline`] (10 s, shorter than the 15 s lease)
+//!   steps down: [`lead`]'s future resolves and `main` exits, before another replica may take
+//!   the Lease over. Every attempt to read or write the Lease is bounded in time, so an API
+//!   server that hangs (stopped mid-request, a stalled etcd, a dead connection) counts as one
+//!   that refuses: without the bound, a request on a dead connection waits for ever (the kube
+//!   client sets no read timeout) and the leader would go on reconciling past its lease.
+//! - The exit is followed by a clean restart: the Pod's `restartPolicy: Always` starts the
+//!   process again (restart count +1 in the Pod status), the new process waits as a candidate
+//!   until the API server answers, and takes the Lease back at once when it still names this
+//!   Pod (same identity), or when it has expired.
+//!
+//! # Decisions
+//! - Exit rather than stop the reconcilers in-process: nothing of the old leadership (watch
+//!   streams, queued reconciles, runners of replays) can survive into the next one.
+//! - The timings are client-go's (lease 15 s, renew deadline 10 s, retry 2 s), with a renewal
+//!   every 5 s while healthy.
 
 use std::time::Duration;
 
@@ -20,8 +37,13 @@ use tracing::{info, warn};
 pub struct Timing {
     /// How long a Lease is valid after its last renewal.
     pub lease: Duration,
-    /// How often the leader renews.
+    /// How often the leader renews while renewals succeed.
     pub renew: Duration,
+    /// How long the leader keeps trying after its last successful renewal before it steps
+    /// down; shorter than `lease`, so it has stopped before anyone may take over.
+    pub deadline: Duration,
+    /// How soon a failed attempt (to renew, or to acquire) is tried again.
+    pub retry: Duration,
 }
 
 impl Default for Timing {
@@ -29,8 +51,17 @@ impl Default for Timing {
         Timing {
             lease: Duration::from_secs(15),
             renew: Duration::from_secs(5),
+            deadline: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
         }
     }
+}
+
+/// How long one attempt may take when the last successful renewal began `since_ok` ago: at most
+/// `retry`, and never past the deadline (`None` once it has passed: step down).
+pub fn attempt_budget(timing: Timing, since_ok: Duration) -> Option<Duration> {
+    let left = timing.deadline.checked_sub(since_ok)?;
+    (!left.is_zero()).then(|| left.min(timing.retry))
 }
 
 /// Whether `lease` may be taken by `me` at `now`.
@@ -110,36 +141,60 @@ pub async fn try_acquire(
 }
 
 /// Waits until `me` holds the Lease, then keeps renewing it in the background; the returned
-/// future resolves if leadership is lost (the caller should then exit).
+/// future resolves if leadership is lost or could not be renewed within [`Timing::deadline`]
+/// (the caller should then exit).
 pub async fn lead(
     api: Api<Lease>,
     name: String,
     me: String,
     timing: Timing,
 ) -> impl std::future::Future<Output = ()> {
+    let mut held_since;
     loop {
-        match try_acquire(&api, &name, &me, timing).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "leader election: cannot read or write Lease {name}"),
+        held_since = tokio::time::Instant::now();
+        match tokio::time::timeout(timing.retry, try_acquire(&api, &name, &me, timing)).await {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => warn!(error = %e, "leader election: cannot read or write Lease {name}"),
+            Err(_) => warn!(
+                "leader election: no answer about Lease {name} within {:?}",
+                timing.retry
+            ),
         }
-        tokio::time::sleep(timing.renew).await;
+        tokio::time::sleep(timing.retry).await;
     }
     info!(lease = %name, identity = %me, "became leader");
     async move {
-        let mut last_ok = tokio::time::Instant::now();
+        // When the last successful renewal began: the Lease says renewed no earlier than that.
+        let mut last_ok = held_since;
+        let mut failing = false;
         loop {
-            tokio::time::sleep(timing.renew).await;
-            match try_acquire(&api, &name, &me, timing).await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => {
+            tokio::time::sleep(if failing { timing.retry } else { timing.renew }).await;
+            let Some(budget) = attempt_budget(timing, last_ok.elapsed()) else {
+                warn!(deadline = ?timing.deadline, "could not renew the Lease within its deadline; stepping down");
+                return;
+            };
+            let began = tokio::time::Instant::now();
+            match tokio::time::timeout(budget, try_acquire(&api, &name, &me, timing)).await {
+                Ok(Ok(true)) => {
+                    last_ok = began;
+                    failing = false;
+                }
+                Ok(Ok(false)) => {
                     warn!("leadership taken over by another replica");
                     return;
                 }
-                Err(e) => warn!(error = %e, "cannot renew Lease"),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot renew Lease");
+                    failing = true;
+                }
+                Err(_) => {
+                    warn!(timeout = ?budget, "renewing the Lease got no answer in time");
+                    failing = true;
+                }
             }
-            if last_ok.elapsed() > timing.lease {
-                warn!("could not renew the Lease within its duration; stepping down");
+            if attempt_budget(timing, last_ok.elapsed()).is_none() {
+                warn!(deadline = ?timing.deadline, "could not renew the Lease within its deadline; stepping down");
                 return;
             }
         }
@@ -181,6 +236,25 @@ mod tests {
             "2026-11-23T10:00:01Z".parse().unwrap()
         ));
         assert!(can_take(&LeaseSpec::default(), "b", Timestamp::UNIX_EPOCH));
+    }
+
+    #[test]
+    fn an_attempt_never_runs_past_the_renew_deadline() {
+        let t = Timing::default();
+        assert_eq!(attempt_budget(t, Duration::ZERO), Some(t.retry));
+        assert_eq!(
+            attempt_budget(t, Duration::from_millis(9_500)),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(attempt_budget(t, t.deadline), None);
+        assert_eq!(attempt_budget(t, Duration::from_secs(60)), None);
+    }
+
+    #[test]
+    fn the_leader_steps_down_before_the_lease_may_be_taken_over() {
+        let t = Timing::default();
+        assert!(t.deadline < t.lease);
+        assert!(t.retry < t.deadline && t.renew < t.deadline);
     }
 
     #[test]

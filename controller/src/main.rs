@@ -72,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         &settings.kafka_bootstrap,
         settings.topic_partitions,
         settings.topic_replication,
+        settings.topic_min_insync_replicas,
         settings.dedup_window,
     )?);
     // Standby replicas probe too: every replica's readiness says whether Kafka is reachable.

@@ -86,6 +86,13 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_TOPIC_REPLICATION", default_value_t = 1)]
     pub topic_replication: i32,
 
+    /// `min.insync.replicas` of each new tenant topic: how many replicas must have a write
+    /// before an `acks=all` producer (the dispatcher, and what tenants are told to run) gets
+    /// its acknowledgement. Unset: 2, or the replication factor when that is lower. Above the
+    /// replication factor the controller refuses to start.
+    #[arg(long, env = "HOOKLINE_TOPIC_MIN_INSYNC_REPLICAS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub topic_min_insync_replicas: Option<i32>,
+
     /// How long an event id is remembered by each tenant's dispatcher: a record with an id seen
     /// within it is not delivered again (also the retention of new dedup topics, plus an hour).
     #[arg(long, env = "HOOKLINE_DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
@@ -195,6 +202,29 @@ mod tests {
         assert_eq!(s.webhook_selector(), "!hookline.dev/instance");
         s.instance = Some("canary".into());
         assert_eq!(s.webhook_selector(), "hookline.dev/instance=canary");
+    }
+
+    #[test]
+    fn min_insync_replicas_is_unset_unless_given_and_at_least_one() {
+        assert_eq!(Settings::for_tests().topic_min_insync_replicas, None);
+        let s = Settings::parse_from([
+            "x",
+            "--kafka-bootstrap",
+            "k:1",
+            "--topic-min-insync-replicas",
+            "2",
+        ]);
+        assert_eq!(s.topic_min_insync_replicas, Some(2));
+        assert!(
+            Settings::try_parse_from([
+                "x",
+                "--kafka-bootstrap",
+                "k:1",
+                "--topic-min-insync-replicas",
+                "0"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

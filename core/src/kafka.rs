@@ -45,32 +45,73 @@ pub fn base(bootstrap: &str, env: impl Iterator<Item = (String, String)>) -> Set
 /// The dispatcher's consumer of the events and retry topics: one group for all of them
 /// with the `range` assignor, so that partition *i* of every topic goes to the same replica
 /// (the per-key ordering relies on it); offsets are committed by hand, only once settled.
-pub fn consumer(base: &Settings, group: &str) -> Settings {
+///
+/// `instance` (the Pod's name) makes the replica a *static member* (`group.instance.id`): a
+/// container restarted in its Pod rejoins as the same member and gets its partitions straight
+/// back, without a rebalance of the group and without waiting for its old session to time
+/// out. The session timeout (10 s) bounds how long the partitions of a replica that is gone
+/// for good (its Pod deleted) stay unread; heartbeats every second let the others see a
+/// rebalance start within a second.
+pub fn consumer(base: &Settings, group: &str, instance: Option<&str>) -> Settings {
+    let mut forced = pairs(&[
+        ("group.id", group),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("partition.assignment.strategy", "range"),
+        ("enable.partition.eof", "false"),
+    ]);
+    if let Some(instance) = instance.filter(|i| !i.is_empty()) {
+        forced.push(("group.instance.id".to_owned(), instance.to_owned()));
+    }
     layered(
         &[
             ("auto.offset.reset", "earliest"),
             ("statistics.interval.ms", "10000"),
-            ("session.timeout.ms", "30000"),
+            ("session.timeout.ms", CONSUMER_SESSION_TIMEOUT_MS),
+            ("heartbeat.interval.ms", "1000"),
         ],
         base,
-        pairs(&[
-            ("group.id", group),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("partition.assignment.strategy", "range"),
-            ("enable.partition.eof", "false"),
-        ]),
+        forced,
     )
 }
 
+/// The dispatcher consumer's session timeout: how long a replica that vanished without a
+/// word (its Pod deleted, its node lost) keeps its partitions.
+pub const CONSUMER_SESSION_TIMEOUT_MS: &str = "10000";
+
+/// What a dispatcher's record may carry on top of the event it was read as: retry or
+/// dead-letter headers (a few hundred bytes, the error text at most
+/// [`crate::retry_topics::ERROR_TEXT_MAX`]), a replay's tag, and Kafka's record and batch
+/// framing (about a hundred bytes).
+pub const RECORD_HEADROOM_BYTES: usize = 16 * 1024;
+
+/// The largest record written for an event of up to `max_record_bytes` (the bound on key,
+/// value and headers that `--max-record-bytes` sets, [`crate::envelope::Limits`]): the
+/// dispatcher producer's `message.max.bytes`, and the `max.message.bytes` of the retry and
+/// dead-letter topics the controller makes, so that no retry or dead letter of an accepted
+/// event is refused for its size. Within librdkafka's range (1000 … 1,000,000,000).
+///
+/// Not covered: an event whose envelope grows when re-serialized (a CloudEvent with `text/*`
+/// data full of characters JSON escapes); such a record is dead-lettered as a reference
+/// ([`crate::retry_topics::reference`]).
+pub fn max_message_bytes(max_record_bytes: usize) -> usize {
+    max_record_bytes
+        .saturating_add(RECORD_HEADROOM_BYTES)
+        .clamp(1000, 1_000_000_000)
+}
+
 /// The producer of retry, dead-letter and attempt records: `acks=all` and idempotence, so
-/// an acknowledged retry is durable and never doubled.
-pub fn producer(base: &Settings) -> Settings {
+/// an acknowledged retry is durable and never doubled; `message.max.bytes` admits the retry
+/// or dead letter of any event within `max_record_bytes` ([`max_message_bytes`]; librdkafka's
+/// default, 1,000,000, is below the default bound of 1 MiB).
+pub fn producer(base: &Settings, max_record_bytes: usize) -> Settings {
+    let max = max_message_bytes(max_record_bytes).to_string();
     layered(
         &[
             ("linger.ms", "5"),
             ("message.timeout.ms", "60000"),
             ("compression.type", "none"),
+            ("message.max.bytes", max.as_str()),
         ],
         base,
         pairs(&[("acks", "all"), ("enable.idempotence", "true")]),
@@ -183,7 +224,9 @@ mod tests {
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let base = base("k:9092", env.into_iter());
-        let c = consumer(&base, "hookline-dispatcher.acme");
+        let c = consumer(&base, "hookline-dispatcher.acme", Some("d-7f9c"));
+        assert_eq!(get(&c, "group.instance.id"), Some("d-7f9c"));
+        assert_eq!(get(&c, "heartbeat.interval.ms"), Some("1000"));
         assert_eq!(get(&c, "enable.auto.commit"), Some("false"));
         assert_eq!(get(&c, "partition.assignment.strategy"), Some("range"));
         assert_eq!(get(&c, "group.id"), Some("hookline-dispatcher.acme"));
@@ -193,11 +236,34 @@ mod tests {
             "a default yields"
         );
         assert_eq!(get(&c, "bootstrap.servers"), Some("k:9092"));
-        let p = producer(&base);
+        let p = producer(&base, crate::envelope::DEFAULT_MAX_RECORD_BYTES);
         assert_eq!(get(&p, "acks"), Some("all"));
         assert_eq!(get(&p, "enable.idempotence"), Some("true"));
         let s = scanner(&base, "g");
         assert_eq!(get(&s, "group.id"), Some("g.scan"));
+        // Only the group's consumer is the static member: the scanner and a consumer without a
+        // Pod name (the benchmark's) join as dynamic members.
+        assert_eq!(get(&s, "group.instance.id"), None);
+        let dynamic = consumer(&base, "g", None);
+        assert_eq!(get(&dynamic, "group.instance.id"), None);
+        assert_eq!(
+            get(&consumer(&base, "g", Some("")), "group.instance.id"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_producer_admits_the_retry_of_the_largest_event_the_dispatcher_accepts() {
+        let max = crate::envelope::DEFAULT_MAX_RECORD_BYTES;
+        let p = producer(&base("k:9092", std::iter::empty()), max);
+        let limit: usize = get(&p, "message.max.bytes").unwrap().parse().unwrap();
+        assert!(
+            limit >= max + 1024,
+            "{limit}: an event at the bound plus its headers"
+        );
+        assert!(limit > 1_000_000, "above librdkafka's default");
+        assert_eq!(max_message_bytes(0), RECORD_HEADROOM_BYTES);
+        assert_eq!(max_message_bytes(usize::MAX), 1_000_000_000);
     }
 
     #[test]

@@ -22,6 +22,16 @@
 //! A record whose due time is further away than its tier's delay is re-parked
 //! into the largest tier not longer than what remains, so a 9-hour delay
 //! costs a handful of hops, not a poll per second.
+//!
+//! # Refused records
+//! A retry record or dead letter that Kafka refuses for good (larger than the
+//! producer's or the topic's size limit, or invalid) would stall its
+//! partition if it were retried. A dead letter [`reference`] stands in for
+//! it instead: no value, the event's key, and headers naming where the event
+//! can still be read (original topic, partition, offset, `hookline-event-id`),
+//! the reason ([`refused::TOO_LARGE`], [`refused::INVALID`]) and what was
+//! refused. The refused record's own headers say where its event came from,
+//! so any record of the retry or dead-letter path can be replaced this way.
 
 use std::time::Duration;
 
@@ -51,6 +61,8 @@ pub mod headers {
     pub const STATUS: &str = "hookline-status";
     /// Dead letter: when it was written (RFC 3339).
     pub const DEAD_LETTERED_AT: &str = "hookline-dead-lettered-at";
+    /// Dead letter standing in for a refused record ([`super::reference`]): the event's id.
+    pub const EVENT_ID: &str = "hookline-event-id";
 }
 
 /// Where a scheduled delivery stands, carried in a retry record's headers.
@@ -251,6 +263,78 @@ impl DeadLetter {
     }
 }
 
+/// Reasons of the dead letter that stands in for a record Kafka refused for good
+/// ([`reference`]).
+pub mod refused {
+    /// Larger than the producer's `message.max.bytes` or its topic's `max.message.bytes`.
+    pub const TOO_LARGE: &str = "record_too_large";
+    /// Refused by the broker as invalid.
+    pub const INVALID: &str = "record_invalid";
+}
+
+/// The dead letter that stands in for a retry record or dead letter Kafka refused for good
+/// (`reason`: one of [`refused`]; `error`: what Kafka said), so its partition moves on and the
+/// event can still be found: its value is left out, and its origin is read from the refused
+/// record's `headers` — a dead letter's `hookline-original-*`, or a retry record's
+/// `hookline-seq` (its offset in `events_topic`) on `partition`, the index it shares with its
+/// events partition. The webhook, attempts and status are carried over; a refused dead letter's
+/// own reason and error go into the error text, with `what` was refused (kind, bytes, topic).
+///
+/// `None` for a record that names no origin (an attempt or dedup record): nothing stands in for
+/// it.
+pub fn reference(
+    headers: &[(&str, &[u8])],
+    events_topic: &str,
+    partition: i32,
+    what: (&str, usize, &str),
+    reason: &str,
+    error: &str,
+) -> Option<DeadLetter> {
+    let text = |name: &'static str| {
+        headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .filter(|v| !v.is_empty())
+    };
+    let number = |name: &'static str| text(name).and_then(|v| v.trim().parse::<i64>().ok());
+    let (kind, bytes, topic) = what;
+    let (origin_topic, origin_partition, offset, was) = match (
+        text(headers::ORIGINAL_TOPIC),
+        number(headers::ORIGINAL_PARTITION).and_then(|p| i32::try_from(p).ok()),
+        number(headers::ORIGINAL_OFFSET),
+    ) {
+        (Some(t), Some(p), Some(o)) => {
+            let was = match (text(headers::REASON), text(headers::ERROR)) {
+                (Some(r), Some(e)) => format!("; dead-lettered for `{r}`: {e}"),
+                (Some(r), None) => format!("; dead-lettered for `{r}`"),
+                _ => String::new(),
+            };
+            (t.to_owned(), p, o, was)
+        }
+        _ => (
+            events_topic.to_owned(),
+            partition,
+            number(headers::SEQ)?,
+            String::new(),
+        ),
+    };
+    Some(DeadLetter {
+        reason: reason.to_owned(),
+        error: error_text(&format!(
+            "the {kind} ({bytes} bytes) to {topic} was refused by Kafka: {error}; \
+             this dead letter only refers to the event at its original offset{was}"
+        )),
+        topic: origin_topic,
+        partition: origin_partition,
+        offset,
+        webhook: text(headers::WEBHOOK).map(str::to_owned),
+        attempts: number(headers::ATTEMPTS).and_then(|a| u32::try_from(a).ok()),
+        status: number(headers::STATUS).and_then(|s| u16::try_from(s).ok()),
+    })
+}
+
 /// One delivery attempt, as written (JSON) to the attempts topic, keyed by event id; also one
 /// record when a delivery is dead-lettered without an attempt (`sent: false`, e.g. its `Webhook`
 /// was disabled). The delivery log of `hookline-api` is built from these records alone, so they
@@ -432,6 +516,93 @@ mod tests {
         );
         // Due 500 ms after it became actionable: hold it in memory.
         assert_eq!(t.step(one_m, 1_000, 61_500, 61_000), Step::Hold(61_500));
+    }
+
+    #[test]
+    fn a_refused_retry_record_is_referred_to_by_its_events_offset() {
+        let meta = RetryMeta {
+            webhook: "fraud".into(),
+            attempts: 1,
+            due_ms: 1_700_000_000_000,
+            seq: 41,
+            replay: None,
+        };
+        let owned = meta.headers();
+        let hs: Vec<(&str, &[u8])> = owned.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        let dl = reference(
+            &hs,
+            "hookline.acme.events",
+            3,
+            ("retry record", 2_000_000, "hookline.acme.retry.1s"),
+            refused::TOO_LARGE,
+            "Broker: Message size too large",
+        )
+        .unwrap();
+        assert_eq!(
+            (dl.topic.as_str(), dl.partition, dl.offset),
+            ("hookline.acme.events", 3, 41)
+        );
+        assert_eq!(dl.reason, "record_too_large");
+        assert_eq!(dl.webhook.as_deref(), Some("fraud"));
+        assert_eq!(dl.attempts, Some(1));
+        assert!(
+            dl.error
+                .contains("retry record (2000000 bytes) to hookline.acme.retry.1s"),
+            "{}",
+            dl.error
+        );
+    }
+
+    #[test]
+    fn a_refused_dead_letter_keeps_its_origin_and_says_why_it_was_dead_lettered() {
+        let original = DeadLetter {
+            reason: "http_4xx".into(),
+            error: "HTTP 400".into(),
+            topic: "hookline.acme.events".into(),
+            partition: 2,
+            offset: 7,
+            webhook: Some("fraud".into()),
+            attempts: Some(1),
+            status: Some(400),
+        };
+        let owned = original.headers("2026-01-01T00:00:00Z".parse().unwrap());
+        let hs: Vec<(&str, &[u8])> = owned.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        let dl = reference(
+            &hs,
+            "ignored",
+            9,
+            ("dead letter", 2_000_000, "hookline.acme.dlq"),
+            refused::TOO_LARGE,
+            "Broker: Message size too large",
+        )
+        .unwrap();
+        assert_eq!(
+            (dl.topic.as_str(), dl.partition, dl.offset),
+            ("hookline.acme.events", 2, 7)
+        );
+        assert_eq!(dl.status, Some(400));
+        assert!(
+            dl.error.ends_with("dead-lettered for `http_4xx`: HTTP 400"),
+            "{}",
+            dl.error
+        );
+        assert!(dl.error.len() <= ERROR_TEXT_MAX);
+    }
+
+    #[test]
+    fn a_record_without_an_origin_has_no_reference() {
+        let hs: Vec<(&str, &[u8])> = vec![(headers::WEBHOOK, b"fraud")];
+        assert_eq!(
+            reference(
+                &hs,
+                "e",
+                0,
+                ("attempt record", 10, "a"),
+                refused::INVALID,
+                "x"
+            ),
+            None
+        );
     }
 
     #[test]

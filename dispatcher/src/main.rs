@@ -188,15 +188,16 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let pod_name = std::env::var("POD_NAME").ok();
     let (consumer, rebalances, committable) = consumer::subscribe(
-        &config::consumer_config(&config),
+        &config::consumer_config(&config, pod_name.as_deref()),
         &config.events_topic,
         &topics,
         metrics.clone(),
     )
     .context("subscribing to the tenant's topics")?;
     health.set_subscribed();
-    info!(topics = ?topics, "subscribed");
+    info!(topics = ?topics, static_member = ?pod_name, "subscribed");
 
     let (completions_tx, completions) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {

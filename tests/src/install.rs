@@ -7,7 +7,8 @@
 //!
 //! Test settings: `allowHttp` and `allowCidrs: [127.0.0.0/8]`, because every receiver in a
 //! test listens on loopback; leader election on, so a second install never gives two active
-//! controllers.
+//! controllers; tenant topics replicated once, or, in an environment with three brokers,
+//! three times with `min.insync.replicas=2`.
 
 use std::{process::Command, sync::Mutex, time::Duration};
 
@@ -58,17 +59,27 @@ pub async fn controller(env: &Env, client: &Client) -> anyhow::Result<()> {
 
 /// The `--set` values every test install uses.
 pub fn test_values(env: &Env) -> Vec<String> {
-    [
-        format!("kafka.bootstrapServers={}", env.kafka_bootstrap),
+    let mut values: Vec<String> = [
+        // `--set` splits at commas: a list of brokers needs them escaped.
+        format!(
+            "kafka.bootstrapServers={}",
+            env.kafka_bootstrap.replace(',', "\\,")
+        ),
         "image.tag=dev".into(),
         "delivery.allowHttp=true".into(),
         "delivery.allowCidrs={127.0.0.0/8}".into(),
         "kafka.topics.partitions=3".into(),
-        "kafka.topics.replicationFactor=1".into(),
         // Short, so the rotation test sees the previous key expire.
         format!("signing.rotationOverlap={}s", ROTATION_OVERLAP.as_secs()),
     ]
-    .into()
+    .into();
+    if crate::cluster::brokers(env) >= 3 {
+        values.push("kafka.topics.replicationFactor=3".into());
+        values.push("kafka.topics.minInsyncReplicas=2".into());
+    } else {
+        values.push("kafka.topics.replicationFactor=1".into());
+    }
+    values
 }
 
 /// Runs helm with the admin kubeconfig; returns stdout.

@@ -10,11 +10,14 @@
 
 pub mod api;
 pub mod broker;
+pub mod cluster;
 pub mod crd;
 pub mod dispatcher;
 pub mod events;
+pub mod group;
 pub mod install;
 pub mod kafka;
+pub mod outage;
 pub mod pods;
 pub mod python;
 pub mod receiver;

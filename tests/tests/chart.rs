@@ -352,6 +352,49 @@ fn retention_in_days_reaches_the_api_as_hours() {
     assert!(err.contains("retention"), "{err}");
 }
 
+#[test]
+fn min_insync_replicas_reaches_the_controller_only_when_set_and_never_above_the_replication() {
+    let env = Env::get().unwrap();
+    let args = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let all = objects(&template(&env, extra).unwrap());
+        let pod = &object(&all, "Deployment", "hookline-controller")["spec"]["template"]["spec"];
+        pod["containers"][0]["args"].as_array().unwrap().clone()
+    };
+    let flag = |args: &[serde_json::Value]| {
+        args.iter()
+            .filter_map(|a| a.as_str()?.strip_prefix("--topic-min-insync-replicas="))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // Unset: the controller's own default (2, capped at the replication factor).
+    assert!(
+        flag(&args(&["kafka.topics.minInsyncReplicas=null"])).is_empty(),
+        "no flag by default"
+    );
+    let set = [
+        "kafka.topics.replicationFactor=3",
+        "kafka.topics.minInsyncReplicas=2",
+    ];
+    assert_eq!(flag(&args(&set)), ["2"]);
+    let err = template(
+        &env,
+        &[
+            "kafka.topics.replicationFactor=2",
+            "kafka.topics.minInsyncReplicas=3",
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("minInsyncReplicas (3) must not exceed kafka.topics.replicationFactor (2)"),
+        "{err}"
+    );
+    let err = template(&env, &["kafka.topics.minInsyncReplicas=0"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("minInsyncReplicas"), "{err}");
+}
+
 #[tokio::test]
 async fn namespace_editors_manage_webhooks_there_viewers_only_read_and_nobody_else_touches_them() {
     use hookline_crds::Webhook;

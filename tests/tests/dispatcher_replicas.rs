@@ -4,9 +4,13 @@
 //! `status.failed` the number it answered 400 (dead-lettered): neither lost to two replicas
 //! overwriting each other's counts, nor counted twice.
 //!
+//! And a replica added and removed mid-stream (issue 16): the rebalances this causes repeat no
+//! delivery — the revoked partitions are given up only once what was in flight settled and was
+//! committed, and the removed replica commits before it leaves.
+//!
 //! In a test binary of its own, because it changes a chart value every tenant's dispatcher
 //! follows; the value is set back (`helm_install` with the test defaults) at the end, also when
-//! an assertion fails.
+//! an assertion fails. The tests here take turns ([`CHART`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,13 +22,12 @@ use hookline_crds::Webhook;
 use hookline_tests::{
     Env, LogDump, TestNamespace,
     events::event,
-    http_get, install, kafka, pods,
+    group, http_get, install, kafka, pods,
     receiver::{Behavior, Receiver},
     wait,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, Client, api::PostParams};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
 
 const OP: &str = install::OPERATOR_NAMESPACE;
@@ -142,69 +145,6 @@ async fn dispatcher_pods(client: &Client, tenant: &str) -> anyhow::Result<Vec<(S
     pods::ready_pods(client, OP, &format!("hookline.dev/tenant={tenant}")).await
 }
 
-/// Partitions of `topic` in a classic consumer-protocol assignment.
-fn assigned_partitions(assignment: &[u8], topic: &str) -> Vec<i32> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = (b.get(..n)?, b.get(n..)?);
-        *b = rest;
-        Some(head)
-    }
-    fn i16_(b: &mut &[u8]) -> Option<i16> {
-        Some(i16::from_be_bytes(take(b, 2)?.try_into().ok()?))
-    }
-    fn i32_(b: &mut &[u8]) -> Option<i32> {
-        Some(i32::from_be_bytes(take(b, 4)?.try_into().ok()?))
-    }
-    let parse = || -> Option<Vec<i32>> {
-        let mut b = assignment;
-        let _version = i16_(&mut b)?;
-        let mut out = Vec::new();
-        for _ in 0..i32_(&mut b)? {
-            let len = usize::try_from(i16_(&mut b)?).ok()?;
-            let name = std::str::from_utf8(take(&mut b, len)?).ok()?.to_owned();
-            for _ in 0..i32_(&mut b)? {
-                let p = i32_(&mut b)?;
-                if name == topic {
-                    out.push(p);
-                }
-            }
-        }
-        Some(out)
-    };
-    parse().unwrap_or_default()
-}
-
-/// The events-topic partitions of each member of the dispatchers' consumer group (with the
-/// member's client host), once the group is stable.
-fn group_assignment(
-    env: &Env,
-    group: &str,
-    topic: &str,
-) -> anyhow::Result<Vec<(String, Vec<i32>)>> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka_bootstrap)
-        .set(
-            "group.id",
-            format!("hl-test-describe-{}", hookline_tests::random_suffix()),
-        )
-        .create()?;
-    let list = consumer.fetch_group_list(Some(group), Duration::from_secs(10))?;
-    let g = list
-        .groups()
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("group {group} not found"))?;
-    anyhow::ensure!(g.state() == "Stable", "group {group} is {}", g.state());
-    Ok(g.members()
-        .iter()
-        .map(|m| {
-            (
-                m.client_host().trim_start_matches('/').to_owned(),
-                assigned_partitions(m.assignment().unwrap_or_default(), topic),
-            )
-        })
-        .collect())
-}
-
 /// `hookline_dispatcher_deliveries_total` of one Webhook in a /metrics text, by (outcome,
 /// status_class).
 fn deliveries(metrics: &str, webhook: &str) -> HashMap<(String, String), u64> {
@@ -233,8 +173,12 @@ fn deliveries(metrics: &str, webhook: &str) -> HashMap<(String, String), u64> {
     out
 }
 
+/// Both tests change `dispatcher.replicas`: one at a time.
+static CHART: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn with_two_dispatcher_replicas_both_deliver_and_the_status_totals_add_up() {
+    let _chart = CHART.lock().await;
     let _dump = LogDump::new();
     let env = Env::get().unwrap();
     let client = env.client().await.unwrap();
@@ -285,7 +229,8 @@ async fn with_two_dispatcher_replicas_both_deliver_and_the_status_totals_add_up(
     let members = wait::until(WITHIN, "both replicas in the consumer group", || async {
         let (env, group, topic) = (env.clone(), group.clone(), topics.events.clone());
         let members =
-            tokio::task::spawn_blocking(move || group_assignment(&env, &group, &topic)).await??;
+            tokio::task::spawn_blocking(move || group::stable_assignment(&env, &group, &topic))
+                .await??;
         anyhow::ensure!(
             members.len() == 2 && members.iter().all(|(_, ps)| !ps.is_empty()),
             "members and their events partitions: {members:?}"
@@ -433,6 +378,146 @@ async fn with_two_dispatcher_replicas_both_deliver_and_the_status_totals_add_up(
     );
 
     // Back to one replica for whatever runs next; wait for the controller to be back.
+    drop(reset);
+    controller_rolled_out(&client).await;
+}
+
+/// Waits until the tenant's consumer group is stable with `n` members, each holding events
+/// partitions; returns them.
+async fn members(env: &Env, group: &str, topic: &str, n: usize) -> Vec<(String, Vec<i32>)> {
+    wait::until(
+        WITHIN,
+        &format!("{n} member(s) in the consumer group"),
+        || async {
+            let (env, group, topic) = (env.clone(), group.to_owned(), topic.to_owned());
+            let members =
+                tokio::task::spawn_blocking(move || group::stable_assignment(&env, &group, &topic))
+                    .await??;
+            anyhow::ensure!(
+                members.len() == n && members.iter().all(|(_, ps)| !ps.is_empty()),
+                "members and their events partitions: {members:?}"
+            );
+            Ok(Some(members))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_replica_added_and_removed_mid_stream_repeats_no_delivery() {
+    const KEYS: usize = 200;
+    /// Produced every 100 ms while the replicas change: about 300 events/s.
+    const BATCH: usize = 30;
+    /// The stream's bound, whatever happens.
+    const MAX_EVENTS: usize = 60_000;
+    let _chart = CHART.lock().await;
+    let _dump = LogDump::new();
+    let env = Env::get().unwrap();
+    let client = env.client().await.unwrap();
+    install::controller(&env, &client).await.unwrap();
+    let reset = ResetReplicas(env.clone());
+
+    let ns = TestNamespace::create(&env, &client, "rebalance")
+        .await
+        .unwrap();
+    let api = Api::<Webhook>::namespaced(client.clone(), &ns.name);
+    let rx = Receiver::start().await.unwrap();
+    // Answered after 20 ms: requests are in flight whenever a rebalance starts.
+    rx.program("/fraud", Behavior::delayed(Duration::from_millis(20)));
+    let wh: Webhook = serde_json::from_value(json!({
+        "apiVersion": "hookline.dev/v1alpha1", "kind": "Webhook",
+        "metadata": {"name": "fraud"},
+        "spec": {"url": rx.url("/fraud"), "eventTypes": ["transaction.*"]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &wh).await.unwrap();
+    wait::condition(&api, "fraud", types::READY, WITHIN)
+        .await
+        .unwrap();
+    let topics = naming::topics(&ns.name);
+    let group = naming::consumer_group(&ns.name);
+    members(&env, &group, &topics.events, 1).await;
+
+    let producer = kafka::producer(&env).unwrap();
+    let produced = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let stream = async {
+        let mut start = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) && start < MAX_EVENTS {
+            let records = (start..start + BATCH).map(|i| {
+                let value = event(&format!("evt_{i}"), "transaction.approved", json!({"i": i}));
+                (format!("acct-{}", i % KEYS), value)
+            });
+            kafka::produce_many(&producer, &topics.events, records)
+                .await
+                .unwrap();
+            start += BATCH;
+            produced.store(start, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        start
+    };
+    let delivered = || {
+        rx.requests("/fraud")
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    let scale = async {
+        let flowing = |n: usize| {
+            wait::until(WITHIN, "deliveries flowing", move || async move {
+                Ok((delivered() >= n).then_some(()))
+            })
+        };
+        flowing(300).await.unwrap();
+        helm_install(&env, &["dispatcher.replicas=2"]).unwrap();
+        controller_rolled_out(&client).await;
+        two_dispatcher_replicas(&env, &client, &naming::dispatcher(&ns.name)).await;
+        let two = members(&env, &group, &topics.events, 2).await;
+        eprintln!("scaled up: {two:?}");
+        flowing(delivered() + 300).await.unwrap();
+        // Back to one: the removed replica commits and stops; its static membership lapses after
+        // the session timeout, and the other takes its partitions over.
+        helm_install(&env, &[]).unwrap();
+        controller_rolled_out(&client).await;
+        let one = members(&env, &group, &topics.events, 1).await;
+        eprintln!("scaled down: {one:?}");
+        flowing(delivered() + 300).await.unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (events, ()) = tokio::join!(stream, scale);
+
+    rx.wait_for("/fraud", events, WITHIN).await.unwrap();
+    wait::until(WITHIN, "every event id at the receiver", || async {
+        let n = delivered();
+        anyhow::ensure!(n == events, "{n} of {events} ids");
+        Ok(Some(()))
+    })
+    .await
+    .unwrap();
+    let got = rx.requests("/fraud");
+    let firsts = hookline_tests::receiver::first_arrivals_in_key_order(&got, KEYS).unwrap();
+    assert_eq!(firsts.len(), events);
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for r in &got {
+        *per_id
+            .entry(r.header("webhook-id").unwrap_or_default())
+            .or_default() += 1;
+    }
+    let repeated: Vec<(&str, usize)> = per_id.into_iter().filter(|(_, n)| *n > 1).collect();
+    eprintln!(
+        "{} requests for {events} events across a scale-up and a scale-down; {} ids sent more than once",
+        got.len(),
+        repeated.len()
+    );
+    assert!(
+        repeated.is_empty(),
+        "a rebalance without a crash repeated {} deliveries, e.g. {:?}",
+        repeated.len(),
+        &repeated[..repeated.len().min(10)]
+    );
     drop(reset);
     controller_rolled_out(&client).await;
 }

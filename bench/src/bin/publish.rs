@@ -165,7 +165,9 @@ fn release_bin(flag: Option<&PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
 fn api_like_producer(env: &Env, timeout: Duration) -> anyhow::Result<FutureProducer> {
     let mut config = rdkafka::ClientConfig::new();
     let base = hookline_core::kafka::base(&env.kafka_bootstrap, std::iter::empty());
-    for (k, v) in hookline_core::kafka::producer(&base) {
+    for (k, v) in
+        hookline_core::kafka::producer(&base, hookline_core::envelope::DEFAULT_MAX_RECORD_BYTES)
+    {
         config.set(k, v);
     }
     config.set("message.timeout.ms", timeout.as_millis().to_string());

@@ -324,7 +324,10 @@ fn raw_copy(
     let consumer: BaseConsumer = config(hookline_core::kafka::replay_reader(&base(env), &group))
         .create()
         .map_err(|e| e.to_string())?;
-    let mut producer_settings = hookline_core::kafka::producer(&base(env));
+    let mut producer_settings = hookline_core::kafka::producer(
+        &base(env),
+        hookline_core::envelope::DEFAULT_MAX_RECORD_BYTES,
+    );
     producer_settings.push(("linger.ms".into(), "5".into()));
     let producer: ThreadedProducer<_> = config(producer_settings)
         .create()

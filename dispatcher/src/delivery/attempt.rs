@@ -5,6 +5,11 @@
 //! policy, and makes the result durable — a retry record or a dead letter acknowledged by Kafka
 //! (through the [`Writer`]) — before it reports a [`Completion`] back. [`postpone`] writes a job
 //! to the retry path without an attempt; [`forward`] re-parks or dead-letters a raw record.
+//!
+//! A record Kafka refuses for good (too large for the producer or its topic, or invalid) is
+//! replaced by a dead letter that refers to its event ([`Writer::reference`]), counted in
+//! `hookline_dispatcher_writes_refused_total` and logged; the delivery is then over, as any
+//! dead-lettered one, so its partition and its key's lane move on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +22,7 @@ use hookline_core::status::Hold;
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::delivery::client::{Deliverer, Request};
 use crate::delivery::job::{Completion, Done, Job, Source, ms, now_ms};
@@ -45,9 +50,50 @@ pub struct Shared {
     pub stop: CancellationToken,
 }
 
+/// What became of a record given to [`Shared::write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Kafka acknowledged it.
+    Acked,
+    /// Kafka refused it for good, for this dead-letter reason; a reference to its event is in
+    /// the dead-letter topic instead (for a record of the retry or dead-letter path).
+    Refused(&'static str),
+}
+
 impl Shared {
-    /// Writes `job` to the retry path, due at `due_ms`, after `attempts` attempts.
-    pub async fn schedule(&self, job: &Job, attempts: u32, due_ms: i64) {
+    /// Writes `out` and waits for Kafka's acknowledgement. When Kafka refuses it for good, a
+    /// dead letter referring to its event is written instead ([`Writer::reference`]; an attempt
+    /// or dedup record is dropped), and the refusal is counted and logged.
+    pub async fn write(&self, out: Out) -> Written {
+        let Err(refused) = self.writer.write(&out).await else {
+            return Written::Acked;
+        };
+        let kind = self.writer.kind(&out);
+        self.metrics.write_refused(kind.as_str(), refused.reason);
+        let size = out.size();
+        let Some(reference) = self.writer.reference(&out, &refused) else {
+            warn!(topic = %out.topic, record = kind.as_str(), size, reason = refused.reason, error = %refused.error, "Kafka refused a record for good; dropped");
+            return Written::Refused(refused.reason);
+        };
+        let dl = &reference.dead_letter;
+        let webhook = dl.webhook.clone().unwrap_or_default();
+        let event_id = reference.event_id.clone().unwrap_or_default();
+        match self.writer.write(&reference.out).await {
+            Ok(()) => {
+                self.metrics.dead_letter(&webhook, refused.reason);
+                warn!(%event_id, %webhook, topic = %out.topic, record = kind.as_str(), size, reason = refused.reason, error = %refused.error, original_topic = %dl.topic, partition = dl.partition, offset = dl.offset, "Kafka refused a record for good; dead-lettered a reference to its event instead");
+            }
+            Err(again) => {
+                error!(%event_id, %webhook, topic = %out.topic, record = kind.as_str(), size, reason = refused.reason, error = %refused.error, reference_error = %again.error, original_topic = %dl.topic, partition = dl.partition, offset = dl.offset, "Kafka refused a record and its dead-letter reference for good; the event is only at its original offset");
+            }
+        }
+        Written::Refused(refused.reason)
+    }
+
+    /// Writes `job` to the retry path, due at `due_ms`, after `attempts` attempts. When Kafka
+    /// refuses the retry record for good, the delivery ends as a dead letter referring to the
+    /// event ([`Shared::write`]), recorded in the attempts topic and the `Webhook`'s count.
+    pub async fn schedule(&self, job: &Job, attempts: u32, due_ms: i64) -> Written {
         let meta = RetryMeta {
             webhook: job.endpoint.name.to_string(),
             attempts,
@@ -58,9 +104,28 @@ impl Shared {
         let out = self
             .writer
             .retry_record(&meta, job.source.partition, &job.event, now_ms());
-        self.writer.write(out).await;
-        self.metrics
-            .retry(&job.endpoint.name, attempts > job.attempts);
+        let written = self.write(out).await;
+        match written {
+            Written::Acked => self
+                .metrics
+                .retry(&job.endpoint.name, attempts > job.attempts),
+            Written::Refused(reason) => {
+                job.endpoint.stats(|s| s.dead_letter());
+                let rec = AttemptRecord {
+                    sent: false,
+                    attempt: attempts,
+                    outcome: "dead_letter".to_owned(),
+                    reason: Some(reason.to_owned()),
+                    error: Some(error_text(
+                        "the retry record was refused by Kafka; dead-lettered as a reference",
+                    )),
+                    dead_letter_reason: Some(reason.to_owned()),
+                    ..record(job, Timestamp::now())
+                };
+                self.record(job, &rec, true).await;
+            }
+        }
+        written
     }
 
     /// Writes `job` to the dead-letter topic.
@@ -83,10 +148,12 @@ impl Shared {
             status,
         };
         let out = self.writer.dead_letter_record(&dl, &job.event);
-        self.writer.write(out).await;
-        self.metrics.dead_letter(&job.endpoint.name, reason);
+        // A refused dead letter is counted and logged with its reference's reason.
+        if self.write(out).await == Written::Acked {
+            self.metrics.dead_letter(&job.endpoint.name, reason);
+            info!(event_id = %job.event.id, webhook = %job.endpoint.name, reason, "dead-lettered");
+        }
         job.endpoint.stats(|s| s.dead_letter());
-        info!(event_id = %job.event.id, webhook = %job.endpoint.name, reason, "dead-lettered");
     }
 
     fn complete(&self, job: &Job, done: Done, replay_done: Option<IdHash>) {
@@ -109,10 +176,10 @@ impl Shared {
         }
         let marker = async {
             if let Some(out) = self.done_marker(job) {
-                self.writer.write(out).await;
+                self.write(out).await;
             }
         };
-        tokio::join!(self.writer.write(self.writer.attempt_out(record)), marker);
+        tokio::join!(self.write(self.writer.attempt_out(record)), marker);
     }
 
     /// The dedup-topic record remembering that a replayed delivery ended, when dedup is on.
@@ -133,16 +200,22 @@ impl Shared {
 }
 
 /// Writes `job` to the retry path due at `due_ms` without an attempt, and
-/// reports [`Done::Postponed`] (the lane already counts it as pending).
+/// reports [`Done::Postponed`] (the lane already counts it as pending), or
+/// [`Done::Withdrawn`] when Kafka refused the retry record for good and it was
+/// dead-lettered instead.
 pub async fn postpone(job: Job, due_ms: i64, shared: Arc<Shared>) {
-    shared.schedule(&job, job.attempts, due_ms).await;
-    shared.complete(&job, Done::Postponed, None);
+    let done = match shared.schedule(&job, job.attempts, due_ms).await {
+        Written::Acked => Done::Postponed,
+        Written::Refused(_) => Done::Withdrawn,
+    };
+    shared.complete(&job, done, None);
 }
 
 /// Writes a record as it is (re-park in another tier, or dead letter of an
-/// unparsable record) and reports [`Done::Finished`] for `source`.
+/// unparsable record) and reports [`Done::Finished`] for `source` — also when
+/// Kafka refused it for good and a reference was dead-lettered instead.
 pub async fn forward(out: Out, source: Source, shared: Arc<Shared>) {
-    shared.writer.write(out).await;
+    shared.write(out).await;
     let _ = shared.completions.send(Completion {
         source,
         lane: None,
@@ -187,8 +260,10 @@ pub async fn deliver(job: Job, shared: Arc<Shared>) {
 
 async fn hold_off(job: &Job, shared: &Shared, wait: Duration) -> Done {
     let due_ms = now_ms().saturating_add(ms(wait));
-    shared.schedule(job, job.attempts, due_ms).await;
-    Done::Rescheduled { due_ms }
+    match shared.schedule(job, job.attempts, due_ms).await {
+        Written::Acked => Done::Rescheduled { due_ms },
+        Written::Refused(_) => Done::Finished,
+    }
 }
 
 async fn attempt(job: &Job, shared: &Shared) -> Done {
@@ -196,6 +271,7 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
     let permit = tokio::select! {
         p = endpoint.semaphore().acquire_owned() => p,
         () = shared.stop.cancelled() => return Done::Abandoned,
+        () = job.source.revoked.cancelled() => return Done::Abandoned,
     };
     let longest = shared.writer.tiers.delay(shared.writer.tiers.longest());
     match endpoint.hold(longest) {
@@ -225,6 +301,7 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
             Err(wait) => tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = shared.stop.cancelled() => return Done::Abandoned,
+                () = job.source.revoked.cancelled() => return Done::Abandoned,
             },
         }
     }
@@ -237,7 +314,7 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
             .max(Duration::from_millis(100));
         return hold_off(job, shared, wait).await;
     }
-    if shared.stop.is_cancelled() {
+    if shared.stop.is_cancelled() || job.source.revoked.is_cancelled() {
         return Done::Abandoned;
     }
     let started = Timestamp::now();
@@ -324,8 +401,10 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
         Decision::Delivered => Done::Finished,
         Decision::Retry { after, .. } => {
             let due_ms = now_ms().saturating_add(ms(after));
-            shared.schedule(job, number, due_ms).await;
-            Done::Rescheduled { due_ms }
+            match shared.schedule(job, number, due_ms).await {
+                Written::Acked => Done::Rescheduled { due_ms },
+                Written::Refused(_) => Done::Finished,
+            }
         }
         Decision::DeadLetter { reason, .. } => {
             shared

@@ -13,6 +13,7 @@ use hookline_core::envelope::Event;
 use hookline_core::lanes::LaneKey;
 use hookline_core::replay::ReplayTag;
 use jiff::Timestamp;
+use tokio_util::sync::CancellationToken;
 
 use crate::tenant::endpoints::Endpoint;
 
@@ -27,7 +28,7 @@ pub fn ms(d: Duration) -> i64 {
 }
 
 /// Where a record was read, and so what to settle when it is done.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Source {
     /// The topic.
     pub topic: Arc<str>,
@@ -38,6 +39,8 @@ pub struct Source {
     pub offset: i64,
     /// The assignment epoch it was read under.
     pub epoch: u64,
+    /// Cancelled when its partition is revoked: an attempt not started by then is abandoned.
+    pub revoked: CancellationToken,
 }
 
 /// Counts a delivery held in memory, per endpoint and in all, while it lives.
@@ -96,6 +99,9 @@ pub enum Done {
     },
     /// Written to the retry path without holding its lane (the lane knew).
     Postponed,
+    /// Was to be postponed without holding its lane, but Kafka refused its retry record for
+    /// good and it was dead-lettered: the lane no longer waits for it.
+    Withdrawn,
     /// Nothing durable happened (shutdown): do not settle.
     Abandoned,
 }

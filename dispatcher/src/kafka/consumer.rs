@@ -13,16 +13,19 @@
 //! in one replica's hands, where its lane lives.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -40,12 +43,15 @@ pub type Tp = (String, i32);
 pub enum Rebalanced {
     /// These partitions are ours now (and paused).
     Assigned(Vec<Tp>),
-    /// These partitions are no longer ours.
+    /// These partitions are being taken away: settle what is in flight, commit, then give them
+    /// up with [`release`].
+    Revoking(Vec<Tp>),
+    /// These partitions are no longer ours (given up already).
     Revoked(Vec<Tp>),
 }
 
-/// Positions safe to commit, kept current by the pipeline so that a
-/// revocation can commit them before the partitions go.
+/// Positions committed by the pipeline, so that a revocation carried out at once (at shutdown)
+/// can commit them again before the partitions go.
 pub type Committable = Arc<Mutex<HashMap<Tp, i64>>>;
 
 /// The consumer's callbacks.
@@ -54,6 +60,8 @@ pub struct Context {
     rebalances: mpsc::UnboundedSender<Rebalanced>,
     committable: Committable,
     metrics: Metrics,
+    /// Whether revocations go to the pipeline (while it runs) or are carried out at once.
+    defer: AtomicBool,
 }
 
 /// The consumer of the pipeline.
@@ -92,41 +100,114 @@ impl ClientContext for Context {
     }
 }
 
-impl ConsumerContext for Context {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let revoked = list(tpl);
-            let mut commit = TopicPartitionList::new();
-            {
-                let positions = self.committable.lock().expect("committable lock");
-                for tp in &revoked {
-                    if let Some(offset) = positions.get(tp) {
-                        let _ = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(*offset));
-                    }
-                }
-            }
-            if commit.count() > 0
-                && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
-            {
-                warn!(error = %e, "commit before revocation failed; those records will be delivered again");
-            }
-            info!(partitions = revoked.len(), "partitions revoked");
-            let _ = self.rebalances.send(Rebalanced::Revoked(revoked));
-        }
+impl Context {
+    /// From now on revocations are carried out at once, in the callback: the pipeline is
+    /// stopping and no longer settles what it holds (it committed what it could).
+    pub fn stop_deferring(&self) {
+        self.defer.store(false, Ordering::Relaxed);
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
+    /// The revocation as librdkafka used to carry it out: commit what was committable, give the
+    /// partitions up, tell the pipeline they are gone.
+    fn revoke_now(&self, consumer: &BaseConsumer<Self>, revoked: Vec<Tp>, lost: bool) {
+        let mut commit = TopicPartitionList::new();
+        if !lost {
+            let positions = self.committable.lock().expect("committable lock");
+            for tp in &revoked {
+                if let Some(offset) = positions.get(tp) {
+                    let _ = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(*offset));
+                }
+            }
+        }
+        if commit.count() > 0
+            && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
+        {
+            warn!(error = %e, "commit before revocation failed; those records will be delivered again");
+        }
+        if let Err(e) = release(consumer, &revoked) {
+            warn!(error = %e, "cannot give the revoked partitions up");
+        }
+        info!(partitions = revoked.len(), lost, "partitions revoked");
+        let _ = self.rebalances.send(Rebalanced::Revoked(revoked));
+    }
+}
+
+impl ConsumerContext for Context {
+    /// Assignments are taken at once (paused, until the pipeline rebuilt their lanes). A
+    /// revocation is handed to the pipeline, which stops starting deliveries of those
+    /// partitions, lets the requests in flight finish (bounded), commits and only then gives the
+    /// partitions up ([`release`]): librdkafka waits for that call before it rejoins the group,
+    /// so the next owner starts where this one really stopped, and a rebalance repeats nothing
+    /// that was delivered. A lost assignment (the session timed out) is given up at once: its
+    /// commits would be refused.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+                    _ => consumer.assign(tpl),
+                };
+                if let Err(e) = assigned {
+                    warn!(error = %e, "cannot take the assigned partitions");
+                    return;
+                }
                 if let Err(e) = consumer.pause(tpl) {
                     warn!(error = %e, "cannot pause newly assigned partitions");
                 }
                 info!(partitions = tpl.count(), "partitions assigned");
                 let _ = self.rebalances.send(Rebalanced::Assigned(list(tpl)));
             }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked = list(tpl);
+                let lost = consumer.assignment_lost();
+                if !lost && self.defer.load(Ordering::Relaxed) {
+                    info!(
+                        partitions = revoked.len(),
+                        "partitions being revoked; settling what is in flight first"
+                    );
+                    if self
+                        .rebalances
+                        .send(Rebalanced::Revoking(revoked.clone()))
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+                self.revoke_now(consumer, revoked, lost);
+            }
+            _ => {
+                let code: RDKafkaErrorCode = err.into();
+                warn!(error = %code, "rebalance error; giving the assignment up");
+                let revoked = list(tpl);
+                self.revoke_now(consumer, revoked, true);
+            }
         }
+    }
+}
+
+/// Gives `tps` up after a revocation ([`Rebalanced::Revoking`]): the whole assignment under
+/// the eager protocol the `range` assignor uses, just those partitions under a cooperative one.
+///
+/// # Errors
+/// When librdkafka refuses.
+pub fn release<C: Consumer<X>, X: ConsumerContext>(
+    consumer: &C,
+    tps: &[Tp],
+) -> Result<(), rdkafka::error::KafkaError> {
+    match consumer.rebalance_protocol() {
+        RebalanceProtocol::Cooperative => {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in tps {
+                tpl.add_partition(t, *p);
+            }
+            consumer.incremental_unassign(&tpl)
+        }
+        _ => consumer.unassign(),
     }
 }
 
@@ -190,6 +271,7 @@ pub fn subscribe(
         rebalances: tx,
         committable: committable.clone(),
         metrics,
+        defer: AtomicBool::new(true),
     };
     let consumer: KafkaConsumer = config.create_with_context(context)?;
     consumer.subscribe(topics)?;

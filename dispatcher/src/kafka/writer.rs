@@ -2,17 +2,26 @@
 //! the delay tiers, dead letters, the ids remembered in the dedup topic, re-parked and forwarded records ([`Out`], retried until Kafka
 //! acknowledges it: `acks=all`, idempotent producer) and the best-effort attempt records.
 //!
-//! Guarantees: [`Writer::write`] returns only once Kafka has acknowledged the record, so an
-//! offset is settled only after that; a write that never succeeds is left to the caller's
+//! Guarantees: [`Writer::write`] returns only once Kafka has acknowledged the record, or has
+//! refused it for good ([`Refused`]: too large for the producer or the topic, or invalid —
+//! retrying cannot help), so an offset is settled only after one of them; a write that fails
+//! for any other reason is retried until it succeeds or the caller is aborted at the end of
 //! shutdown, and the delivery is redelivered after a restart. Attempt records are never
 //! awaited.
+//!
+//! Decisions: a refused record of the retry or dead-letter path is replaced by a dead letter
+//! that only refers to its event ([`Writer::reference`],
+//! [`hookline_core::retry_topics::reference`]) rather than retried forever, which would stall
+//! its partition: the event stays readable at its original offset while the topic keeps it.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use hookline_core::dedup::Remembered;
-use hookline_core::envelope::Event;
-use hookline_core::retry_topics::{AttemptRecord, DeadLetter, RetryMeta, Tiers};
+use hookline_core::envelope::{self, Event, Limits};
+use hookline_core::retry_topics::{
+    self, AttemptRecord, DeadLetter, RetryMeta, Tiers, headers, refused,
+};
 use jiff::Timestamp;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -58,11 +67,96 @@ fn header_bytes(headers: Vec<(&'static str, String)>) -> Vec<(String, Vec<u8>)> 
         .collect()
 }
 
+/// Kafka refused a record for good: retrying it cannot help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The dead-letter reason ([`refused::TOO_LARGE`], [`refused::INVALID`]).
+    pub reason: &'static str,
+    /// What Kafka said.
+    pub error: String,
+}
+
+/// The dead-letter reason of a Kafka error that no retry can cure, `None` for one that may
+/// pass (a broker away, a leader moving, a full queue, a timeout). The producer refuses a record
+/// over its `message.max.bytes` itself, the broker one over the topic's `max.message.bytes`;
+/// both say `MSG_SIZE_TOO_LARGE`.
+pub fn permanent(e: &KafkaError) -> Option<&'static str> {
+    match e.rdkafka_error_code()? {
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge => {
+            Some(refused::TOO_LARGE)
+        }
+        RDKafkaErrorCode::InvalidRecord => Some(refused::INVALID),
+        _ => None,
+    }
+}
+
+/// What kind of record `Out` is, by its topic: a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A retry record (a delay tier).
+    Retry,
+    /// A dead letter.
+    DeadLetter,
+    /// An attempt record.
+    Attempt,
+    /// A record of the dedup topic.
+    Dedup,
+}
+
+impl Kind {
+    /// `retry`, `dead_letter`, `attempt`, `dedup`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Retry => "retry",
+            Kind::DeadLetter => "dead_letter",
+            Kind::Attempt => "attempt",
+            Kind::Dedup => "dedup",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Kind::Retry => "retry record",
+            Kind::DeadLetter => "dead letter",
+            Kind::Attempt => "attempt record",
+            Kind::Dedup => "dedup record",
+        }
+    }
+}
+
+/// The dead letter that stands in for a refused record ([`Writer::reference`]).
+pub struct Reference {
+    /// The record to write to the dead-letter topic.
+    pub out: Out,
+    /// Its headers' contents.
+    pub dead_letter: DeadLetter,
+    /// The event's id, when the refused record could be read as an event.
+    pub event_id: Option<String>,
+}
+
+impl Out {
+    /// Key, value and header bytes.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
 impl Writer {
-    /// Writes `out` and waits for Kafka's acknowledgement, retrying with
-    /// backoff until it comes (the caller is aborted at the end of shutdown).
-    pub async fn write(&self, mut out: Out) {
+    /// Writes `out` and waits for Kafka's acknowledgement, retrying with backoff until it comes
+    /// (the caller is aborted at the end of shutdown) — unless Kafka refuses it for good.
+    ///
+    /// # Errors
+    /// [`Refused`] when no retry can help ([`permanent`]); the caller writes a [`Reference`]
+    /// instead.
+    pub async fn write(&self, out: &Out) -> Result<(), Refused> {
         let mut backoff = Duration::from_millis(200);
+        let mut partition = out.partition;
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
             for (k, v) in &out.headers {
@@ -77,27 +171,101 @@ impl Writer {
             if let Some(k) = &out.key {
                 record = record.key(&k[..]);
             }
-            if let Some(p) = out.partition {
+            if let Some(p) = partition {
                 record = record.partition(p);
             }
             if let Some(ts) = out.timestamp {
                 record = record.timestamp(ts);
             }
             match self.producer.send(record, Duration::from_secs(30)).await {
-                Ok(_) => return,
+                Ok(_) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), _))
-                    if out.partition.is_some() =>
+                    if partition.is_some() =>
                 {
                     warn!(topic = %out.topic, "partition missing in the retry topic; letting Kafka choose (per-key order across replicas may suffer)");
-                    out.partition = None;
+                    partition = None;
                 }
                 Err((e, _)) => {
+                    if let Some(reason) = permanent(&e) {
+                        return Err(Refused {
+                            reason,
+                            error: e.to_string(),
+                        });
+                    }
                     warn!(topic = %out.topic, error = %e, "writing to Kafka failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }
+    }
+
+    /// The kind of `out`, by its topic.
+    pub fn kind(&self, out: &Out) -> Kind {
+        if out.topic == self.dead_letter_topic {
+            Kind::DeadLetter
+        } else if out.topic == self.attempts_topic {
+            Kind::Attempt
+        } else if self.dedup_topic.as_deref() == Some(out.topic.as_str()) {
+            Kind::Dedup
+        } else {
+            Kind::Retry
+        }
+    }
+
+    /// The dead letter to write instead of `out`, which Kafka refused for good: no value, the
+    /// event's key, the origin its headers name, its webhook, attempts and status, the reason,
+    /// and the event id when its value reads as an event. `None` for a record that names no
+    /// event (an attempt or dedup record).
+    pub fn reference(&self, out: &Out, refused: &Refused) -> Option<Reference> {
+        let kind = self.kind(out);
+        if matches!(kind, Kind::Attempt | Kind::Dedup) {
+            return None;
+        }
+        let hs: Vec<(&str, &[u8])> = out
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let dead_letter = retry_topics::reference(
+            &hs,
+            &self.events_topic,
+            out.partition.unwrap_or(-1),
+            (kind.text(), out.size(), &out.topic),
+            refused.reason,
+            &refused.error,
+        )?;
+        // The value is an envelope (a retry or a delivery's dead letter) or the record as it was
+        // read, with its own headers (a record dead-lettered unparsed); size is no concern here.
+        let event_id = envelope::parse(
+            &envelope::Record {
+                key: out.key.as_deref(),
+                value: Some(&out.value[..]),
+                headers: &hs,
+                timestamp: None,
+            },
+            &Limits {
+                max_record_bytes: usize::MAX,
+            },
+        )
+        .ok()
+        .map(|e| e.id);
+        let mut reference_headers = header_bytes(dead_letter.headers(Timestamp::now()));
+        if let Some(id) = &event_id {
+            reference_headers.push((headers::EVENT_ID.to_owned(), id.clone().into_bytes()));
+        }
+        Some(Reference {
+            out: Out {
+                topic: self.dead_letter_topic.clone(),
+                partition: None,
+                key: out.key.clone(),
+                value: Bytes::new(),
+                headers: reference_headers,
+                timestamp: None,
+            },
+            dead_letter,
+            event_id,
+        })
     }
 
     /// The retry record of `event`, in the tier that fits `meta.due_ms`, on `partition` (the

@@ -22,14 +22,19 @@ fn base(config: &Config) -> Settings {
     kafka::base(&config.kafka_bootstrap, std::env::vars())
 }
 
-/// The consumer of the events and retry topics ([`kafka::consumer`]).
-pub fn consumer_config(config: &Config) -> ClientConfig {
-    client_config(kafka::consumer(&base(config), &config.consumer_group))
+/// The consumer of the events and retry topics ([`kafka::consumer`]); `instance` is the Pod's
+/// name (`POD_NAME`, from the downward API), which makes the replica a static group member.
+pub fn consumer_config(config: &Config, instance: Option<&str>) -> ClientConfig {
+    client_config(kafka::consumer(
+        &base(config),
+        &config.consumer_group,
+        instance,
+    ))
 }
 
 /// The producer of retry, dead-letter and attempt records ([`kafka::producer`]).
 pub fn producer_config(config: &Config) -> ClientConfig {
-    client_config(kafka::producer(&base(config)))
+    client_config(kafka::producer(&base(config), config.max_record_bytes))
 }
 
 /// The group-less reader of the retry topics ([`kafka::scanner`]).
@@ -44,7 +49,11 @@ mod tests {
     #[test]
     fn the_client_configs_carry_the_settings_delivery_depends_on() {
         let c = Config::for_tenant("acme", "k:9092");
-        let consumer = consumer_config(&c);
+        let consumer = consumer_config(&c, Some("hookline-dispatcher-acme-5d8f-x2"));
+        assert_eq!(
+            consumer.get("group.instance.id"),
+            Some("hookline-dispatcher-acme-5d8f-x2")
+        );
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
         assert_eq!(consumer.get("group.id"), Some("hookline-dispatcher.acme"));
         assert_eq!(consumer.get("bootstrap.servers"), Some("k:9092"));

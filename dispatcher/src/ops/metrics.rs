@@ -27,6 +27,10 @@ pub struct Metrics {
     /// Records dead-lettered, by reason; `webhook` is empty for records that
     /// could not be parsed.
     pub dead_letters: IntCounterVec,
+    /// Records Kafka refused for good, by kind (`retry`, `dead_letter`, `attempt`, `dedup`)
+    /// and reason (`record_too_large`, `record_invalid`); a refused retry or dead letter is
+    /// replaced by a dead letter referring to its event.
+    pub writes_refused: IntCounterVec,
     /// Records of the events topic not yet committed (sum over partitions).
     pub consumer_lag: IntGaugeVec,
     /// Circuit breaker state: 0 closed, 1 half-open, 2 open.
@@ -89,6 +93,11 @@ impl Metrics {
                 "Records written to the dead-letter topic, by reason",
                 &["namespace", "webhook", "reason"],
             ),
+            writes_refused: counter(
+                "hookline_dispatcher_writes_refused_total",
+                "Records Kafka refused for good (too large, invalid), by kind and reason",
+                &["namespace", "record", "reason"],
+            ),
             consumer_lag: gauge(
                 "hookline_dispatcher_consumer_lag",
                 "Records of the events topic not yet committed",
@@ -140,6 +149,7 @@ impl Metrics {
             Box::new(m.attempt_duration.clone()),
             Box::new(m.retries_scheduled.clone()),
             Box::new(m.dead_letters.clone()),
+            Box::new(m.writes_refused.clone()),
             Box::new(m.consumer_lag.clone()),
             Box::new(m.circuit_state.clone()),
             Box::new(m.in_flight.clone()),
@@ -182,6 +192,13 @@ impl Metrics {
     pub fn dead_letter(&self, webhook: &str, reason: &str) {
         self.dead_letters
             .with_label_values(&[&self.namespace, webhook, reason])
+            .inc();
+    }
+
+    /// Counts a record Kafka refused for good: `record` is its kind, `reason` the dead letter's.
+    pub fn write_refused(&self, record: &str, reason: &str) {
+        self.writes_refused
+            .with_label_values(&[&self.namespace, record, reason])
             .inc();
     }
 
@@ -267,6 +284,7 @@ mod tests {
         let m = Metrics::register(&registry, "acme");
         m.attempt("fraud", "delivered", Some(200), 0.01);
         m.circuit("fraud", CircuitState::Open);
+        m.write_refused("retry", "record_too_large");
         let mut out = Vec::new();
         prometheus::Encoder::encode(
             &prometheus::TextEncoder::new(),
@@ -283,5 +301,8 @@ mod tests {
                 r#"hookline_dispatcher_circuit_state{namespace="acme",webhook="fraud"} 2"#
             )
         );
+        assert!(text.contains(
+            r#"hookline_dispatcher_writes_refused_total{namespace="acme",reason="record_too_large",record="retry"} 1"#
+        ));
     }
 }

@@ -49,6 +49,11 @@
 //!   only once that write is acknowledged, so what a committed offset covers is remembered
 //!   after a restart or a rebalance. A crash may still deliver the *same* record twice (at
 //!   least once, as before); ids are per partition (see the module).
+//! - Rebalances ([`consumer`]): a revoked partition lets nothing more through, its attempts
+//!   that have not sent their request are cancelled, and the partitions are given up only once
+//!   the requests in flight ended and what they settled is committed (at most
+//!   [`REVOKE_GRACE`]), so the next owner repeats none of them. Settled positions are
+//!   committed within [`COMMIT_GAP`] of settling, which bounds what a crash repeats.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,8 +78,9 @@ use hookline_core::lanes::{Admit, Lanes, Place};
 use hookline_core::status::Hold;
 
 use crate::delivery::attempt::{self, OVERFLOW_POSTPONE, Shared};
-use crate::delivery::job::{Completion, Done, Job, ms, now_ms};
+use crate::delivery::job::{Completion, Done, Job, Source, ms, now_ms};
 use crate::kafka::consumer::{self, Committable, KafkaConsumer, Rebalanced, Tp};
+use crate::kafka::writer::Out;
 use crate::ops::health::Health;
 use crate::tenant::endpoints::Registry;
 use crate::tenant::replays::Replays;
@@ -87,8 +93,16 @@ use partitions::{Partitions, Ready, ScanDone};
 use pressure::Pressure;
 use records::{Context, Fate};
 
-/// How often settled offsets are committed.
-pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the loop looks at commits, back-pressure and revocations when nothing else
+/// happens.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Settled positions are committed at most this long after they settle (asynchronously; a
+/// crash delivers again what settled since the last commit, so this bounds the repeats).
+pub const COMMIT_GAP: Duration = Duration::from_millis(20);
+/// How long a revocation waits for the requests in flight of its partitions to end before it
+/// gives them up anyway (what is still in flight then may be delivered again by the next
+/// owner). The whole group waits this long at most.
+pub const REVOKE_GRACE: Duration = Duration::from_secs(10);
 /// How long the start-up scan of the retry topics may take.
 pub const SCAN_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -135,6 +149,9 @@ pub struct Pipeline {
     ),
     backpressure: bool,
     stopping: bool,
+    /// A revocation under way: its partitions and its deadline.
+    revoking: Option<(Vec<Tp>, Instant)>,
+    last_commit: Instant,
     /// The event ids each assigned events partition has seen (none without a dedup topic).
     dedup: HashMap<i32, Seen>,
 }
@@ -152,6 +169,8 @@ impl Pipeline {
             scans: mpsc::unbounded_channel(),
             backpressure: false,
             stopping: false,
+            revoking: None,
+            last_commit: Instant::now(),
             dedup: HashMap::new(),
         }
     }
@@ -160,7 +179,7 @@ impl Pipeline {
     /// deliveries finish (or be scheduled) within the grace period, commits.
     pub async fn run(mut self, stop: CancellationToken) {
         let consumer = self.wiring.consumer.clone();
-        let mut tick = tokio::time::interval(COMMIT_INTERVAL);
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.wiring.health.beat();
@@ -178,6 +197,7 @@ impl Pipeline {
                 msg = consumer.recv() => self.on_message(msg),
                 _ = tick.tick() => {
                     self.commit(CommitMode::Async);
+                    self.finish_revoke(false);
                     self.check_backpressure();
                     self.drain_all();
                 }
@@ -219,8 +239,7 @@ impl Pipeline {
                 self.lanes
                     .note_pending(job.source.partition, job.source.epoch, lane, job.seq, due);
             }
-            self.tasks
-                .spawn(attempt::postpone(job, due, self.wiring.shared.clone()));
+            self.spawn_postpone(job, due);
             return;
         }
         let Some(lane) = job.lane.clone() else {
@@ -234,10 +253,7 @@ impl Pipeline {
         match self.lanes.admit(place, lane, seq, job, from_retry, now) {
             Admit::Go(job) => self.spawn_delivery(job),
             Admit::Parked => {}
-            Admit::Postpone(job, due) => {
-                self.tasks
-                    .spawn(attempt::postpone(job, due, self.wiring.shared.clone()));
-            }
+            Admit::Postpone(job, due) => self.spawn_postpone(job, due),
             Admit::Duplicate => self.partitions.settle(&source),
         }
     }
@@ -261,13 +277,33 @@ impl Pipeline {
         if self.stopping {
             return; // not settled: delivered again after the restart
         }
+        self.partitions.started(&job.source);
         self.tasks
             .spawn(attempt::deliver(job, self.wiring.shared.clone()));
     }
 
+    fn spawn_postpone(&mut self, job: Job, due: i64) {
+        self.partitions.started(&job.source);
+        self.tasks
+            .spawn(attempt::postpone(job, due, self.wiring.shared.clone()));
+    }
+
+    fn spawn_forward(&mut self, out: Out, source: Source) {
+        self.partitions.started(&source);
+        self.tasks
+            .spawn(attempt::forward(out, source, self.wiring.shared.clone()));
+    }
+
     fn on_completion(&mut self, c: Completion) {
+        self.partitions.ended(&c.source);
         if c.done != Done::Abandoned {
             self.partitions.settle(&c.source);
+        }
+        if self.last_commit.elapsed() >= COMMIT_GAP {
+            self.commit(CommitMode::Async);
+        }
+        if self.revoking.is_some() {
+            self.finish_revoke(false);
         }
         if let (Some(hash), Some(seen)) = (c.replay_done, self.dedup.get_mut(&c.source.partition)) {
             let now_s = u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0);
@@ -293,10 +329,10 @@ impl Pipeline {
             }
             Done::Rescheduled { due_ms } => {
                 for (job, due) in self.lanes.reschedule(partition, epoch, &lane, seq, due_ms) {
-                    self.tasks
-                        .spawn(attempt::postpone(job, due, self.wiring.shared.clone()));
+                    self.spawn_postpone(job, due);
                 }
             }
+            Done::Withdrawn => self.lanes.forget_pending(partition, epoch, &lane, seq),
             Done::Postponed | Done::Abandoned => {}
         }
     }
@@ -387,11 +423,7 @@ impl Pipeline {
                 self.partitions
                     .track(&source, jobs.len() + usize::from(remember.is_some()));
                 if let Some(out) = remember {
-                    self.tasks.spawn(attempt::forward(
-                        out,
-                        source.clone(),
-                        self.wiring.shared.clone(),
-                    ));
+                    self.spawn_forward(out, source.clone());
                 }
                 for job in jobs {
                     self.route(job, from_retry);
@@ -406,8 +438,7 @@ impl Pipeline {
             }
             Fate::Forward(out) => {
                 self.partitions.track(&source, 1);
-                self.tasks
-                    .spawn(attempt::forward(out, source, self.wiring.shared.clone()));
+                self.spawn_forward(out, source);
             }
         }
     }
@@ -415,20 +446,19 @@ impl Pipeline {
     fn on_rebalance(&mut self, r: Rebalanced) {
         let events_topic = self.wiring.shared.writer.events_topic.clone();
         match r {
-            Rebalanced::Revoked(tps) => {
+            Rebalanced::Revoking(tps) => {
+                self.partitions.start_revoke(&tps);
                 for tp in &tps {
-                    self.partitions.revoke(tp);
-                    self.wiring
-                        .committable
-                        .lock()
-                        .expect("committable lock")
-                        .remove(tp);
                     if tp.0 == events_topic {
+                        // Parked jobs were never sent: the next owner reads them again.
                         self.lanes.revoke(tp.1);
-                        self.dedup.remove(&tp.1);
                     }
+                    self.sync_pause(tp);
                 }
+                self.revoking = Some((tps, Instant::now() + REVOKE_GRACE));
+                self.finish_revoke(false);
             }
+            Rebalanced::Revoked(tps) => self.forget(&tps),
             Rebalanced::Assigned(tps) => {
                 let (epoch, retry_tps) = self
                     .partitions
@@ -528,6 +558,51 @@ impl Pipeline {
         self.drain_all();
     }
 
+    /// Gives the partitions of the revocation under way up once no request of theirs is in
+    /// flight any more, or its grace is over, or `now`: commits what they settled, then
+    /// [`consumer::release`]s them.
+    fn finish_revoke(&mut self, now: bool) {
+        let Some((_, deadline)) = &self.revoking else {
+            return;
+        };
+        let settled = self.partitions.revocation_settled();
+        if !(now || settled || Instant::now() >= *deadline) {
+            return;
+        }
+        let Some((tps, _)) = self.revoking.take() else {
+            return;
+        };
+        if !settled {
+            warn!(
+                partitions = tps.len(),
+                "requests still in flight when the revocation's grace ended; they may be delivered again by the next owner"
+            );
+        }
+        self.commit(CommitMode::Sync);
+        if let Err(e) = consumer::release(self.wiring.consumer.as_ref(), &tps) {
+            warn!(error = %e, "cannot give the revoked partitions up");
+        }
+        info!(partitions = tps.len(), settled, "partitions revoked");
+        self.forget(&tps);
+    }
+
+    /// Forgets revoked partitions.
+    fn forget(&mut self, tps: &[Tp]) {
+        let events_topic = &self.wiring.shared.writer.events_topic;
+        for tp in tps {
+            self.partitions.revoke(tp);
+            self.wiring
+                .committable
+                .lock()
+                .expect("committable lock")
+                .remove(tp);
+            if &tp.0 == events_topic {
+                self.lanes.revoke(tp.1);
+                self.dedup.remove(&tp.1);
+            }
+        }
+    }
+
     /// Pauses or resumes `tp` as [`Partitions::pause_change`] says.
     fn sync_pause(&mut self, tp: &Tp) {
         let Some(want) = self.partitions.pause_change(tp, self.stopping) else {
@@ -573,6 +648,7 @@ impl Pipeline {
         if positions.is_empty() {
             return;
         }
+        self.last_commit = Instant::now();
         let mut tpl = TopicPartitionList::new();
         {
             let mut committable = self.wiring.committable.lock().expect("committable lock");
@@ -592,6 +668,7 @@ impl Pipeline {
             "stopping: no new records; finishing running deliveries"
         );
         self.stopping = true;
+        self.wiring.consumer.context().stop_deferring();
         self.wiring.health.set_stopping();
         self.wiring.shared.stop.cancel();
         for tp in self.partitions.tps() {
@@ -616,6 +693,7 @@ impl Pipeline {
             self.tasks.abort_all();
         }
         self.commit(CommitMode::Sync);
+        self.finish_revoke(true);
         let producer = self.wiring.shared.writer.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
         self.wiring.consumer.unsubscribe();

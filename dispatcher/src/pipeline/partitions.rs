@@ -13,6 +13,7 @@ use hookline_core::ordering::OffsetTracker;
 use hookline_core::retry_topics::{RetryMeta, Step, Tiers};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::records::header_pairs;
@@ -61,6 +62,12 @@ struct PartState {
     hold_until: Option<i64>,
     scanning: bool,
     paused: bool,
+    /// Being revoked: nothing more is let through.
+    revoking: bool,
+    /// Tasks running with a job of this partition (and epoch).
+    running: usize,
+    /// Cancelled on revocation: attempts of this partition that have not started stop.
+    revoked: CancellationToken,
 }
 
 impl PartState {
@@ -75,6 +82,9 @@ impl PartState {
             hold_until: None,
             scanning: true,
             paused,
+            revoking: false,
+            running: 0,
+            revoked: CancellationToken::new(),
         }
     }
 }
@@ -97,7 +107,8 @@ impl Partitions {
         self.map.keys().cloned().collect()
     }
 
-    /// Holds a record handed over by the consumer (`tier`: its retry tier, if any).
+    /// Holds a record handed over by the consumer (`tier`: its retry tier, if any); drops it
+    /// when its partition is being revoked (the next owner reads it again).
     pub fn hold(&mut self, msg: OwnedMessage, tier: Option<usize>) -> Tp {
         let tp = (msg.topic().to_owned(), msg.partition());
         let epoch = self.epoch;
@@ -105,6 +116,9 @@ impl Partitions {
             .map
             .entry(tp.clone())
             .or_insert_with(|| PartState::new(epoch, tier, VecDeque::new(), false));
+        if part.revoking {
+            return tp;
+        }
         part.held_bytes += size(&msg);
         part.held.push_back(msg);
         tp
@@ -115,7 +129,7 @@ impl Partitions {
     /// [`Partitions::next_hold_until`]).
     pub fn next(&mut self, tp: &Tp, tiers: &Tiers, now: i64) -> Option<Ready> {
         let part = self.map.get_mut(tp)?;
-        if part.scanning {
+        if part.scanning || part.revoking {
             return None;
         }
         let Some(front) = part.held.front() else {
@@ -144,6 +158,7 @@ impl Partitions {
             partition: tp.1,
             offset: msg.offset(),
             epoch: part.epoch,
+            revoked: part.revoked.clone(),
         };
         Some(Ready {
             msg,
@@ -166,6 +181,50 @@ impl Partitions {
     /// Forgets a revoked partition.
     pub fn revoke(&mut self, tp: &Tp) {
         self.map.remove(tp);
+    }
+
+    /// Starts revoking `tps`: what they hold is dropped, nothing more is let through, and their
+    /// attempts that have not sent a request yet are cancelled (abandoned, so not settled: the
+    /// next owner reads them again). Requests already sent run to their end and settle.
+    pub fn start_revoke(&mut self, tps: &[Tp]) {
+        for tp in tps {
+            if let Some(part) = self.map.get_mut(tp) {
+                part.revoking = true;
+                part.held.clear();
+                part.held_bytes = 0;
+                part.hold_until = None;
+                part.revoked.cancel();
+            }
+        }
+    }
+
+    /// Whether no task runs with a job of a partition being revoked.
+    pub fn revocation_settled(&self) -> bool {
+        self.map
+            .values()
+            .filter(|p| p.revoking)
+            .all(|p| p.running == 0)
+    }
+
+    /// A task started with a job read at `source`.
+    pub fn started(&mut self, source: &Source) {
+        if let Some(part) = self.current(source) {
+            part.running += 1;
+        }
+    }
+
+    /// A task with a job read at `source` ended.
+    pub fn ended(&mut self, source: &Source) {
+        if let Some(part) = self.current(source) {
+            part.running = part.running.saturating_sub(1);
+        }
+    }
+
+    /// The state of `source`'s partition, if it is still of the assignment `source` was read in.
+    fn current(&mut self, source: &Source) -> Option<&mut PartState> {
+        self.map
+            .get_mut(&(source.topic.to_string(), source.partition))
+            .filter(|p| p.epoch == source.epoch)
     }
 
     /// Starts a new assignment epoch with `tps` (paused and being scanned); returns the epoch
@@ -206,6 +265,7 @@ impl Partitions {
         let part = self.map.get(tp)?;
         let want = stopping
             || part.scanning
+            || part.revoking
             || match part.tier {
                 Some(_) => !part.held.is_empty(),
                 None => part.held.len() >= READ_AHEAD || part.held_bytes >= READ_AHEAD_BYTES,
@@ -233,11 +293,10 @@ impl Partitions {
     /// One job of the record at `source` is settled; ignored when the partition was revoked or
     /// reassigned since it was read.
     pub fn settle(&mut self, source: &Source) {
-        let tp = (source.topic.to_string(), source.partition);
-        if let Some(part) = self.map.get_mut(&tp).filter(|p| p.epoch == source.epoch)
+        if let Some(part) = self.current(source)
             && let Err(e) = part.tracker.settle(source.offset)
         {
-            warn!(error = %e, topic = %tp.0, partition = tp.1, "offset bookkeeping");
+            warn!(error = %e, topic = %source.topic, partition = source.partition, "offset bookkeeping");
         }
     }
 

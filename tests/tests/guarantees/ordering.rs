@@ -1,8 +1,8 @@
 //! Order and isolation at each `Webhook`: 50 keys of 40 events, interleaved, flow to two
 //! receivers that fail some requests; each key's events arrive complete and in produce order,
 //! and no attempt overtakes an undelivered earlier event of its key. A URL taking 30 s per
-//! request holds up none of 1,000 events to another `Webhook` and gets no more requests than
-//! its in-flight limit.
+//! request holds up none of 1,000 events to another `Webhook` and never has more requests open
+//! than its in-flight limit (counted, not timed).
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -143,8 +143,16 @@ async fn a_url_that_takes_30s_per_request_does_not_hold_up_1000_events_to_anothe
     let t = Tenant::create("grt-slow").await;
     let rx = Receiver::start().await.unwrap();
     rx.program("/slow", Behavior::delayed(Duration::from_secs(30)));
-    // Both with the default delivery settings (timeout 30 s, maxInFlight 32, PerKey).
-    t.webhook("slow", &rx.url("/slow"), &["*"], json!({})).await;
+    // Both with the default delivery settings (maxInFlight 32, PerKey), but for the slow one's
+    // timeout, above its 30 s: each slow request then ends with the receiver's answer, which the
+    // receiver counts as finished before the dispatcher can see it.
+    t.webhook(
+        "slow",
+        &rx.url("/slow"),
+        &["*"],
+        json!({"delivery": {"timeout": "1m"}}),
+    )
+    .await;
     t.webhook("healthy", &rx.url("/healthy"), &["*"], json!({}))
         .await;
     let default_max_in_flight = 32;
@@ -161,7 +169,8 @@ async fn a_url_that_takes_30s_per_request_does_not_hold_up_1000_events_to_anothe
     t.produce_in_order(&records).await;
 
     let healthy = rx.wait_for("/healthy", EVENTS, WITHIN).await.unwrap();
-    // Taken at the moment the healthy Webhook's last event arrived.
+    // Taken at the moment the healthy Webhook's last event arrived; received first, then
+    // finished, so their difference never overstates what was in flight.
     let slow_received = rx.requests("/slow").len();
     let slow_finished = rx.finished("/slow");
     let first_slow: Option<SystemTime> = rx.requests("/slow").first().map(|r| r.at);
@@ -190,12 +199,16 @@ async fn a_url_that_takes_30s_per_request_does_not_hold_up_1000_events_to_anothe
         slow_received >= 1,
         "the slow URL was being tried at the same time"
     );
+    // Counts, not time: however loaded the machine, the slow Webhook never had more than its
+    // in-flight limit open, and it had finished only a few of its 1,000 (32 per 30 s) when the
+    // healthy one had all of them; had the healthy one waited for it, the slow one would have
+    // finished about as many as the healthy one got.
     assert!(
-        slow_received <= default_max_in_flight,
-        "the slow Webhook took no more than its in-flight limit ({slow_received} requests)"
+        slow_received - slow_finished.min(slow_received) <= default_max_in_flight,
+        "the slow Webhook had more than its in-flight limit open: {slow_received} received, {slow_finished} finished"
     );
-    assert_eq!(
-        slow_finished, 0,
-        "all {EVENTS} reached the healthy URL before the slow URL's first request was over"
+    assert!(
+        slow_finished < EVENTS / 4,
+        "the healthy Webhook waited for the slow one: {slow_finished} slow requests finished first"
     );
 }
