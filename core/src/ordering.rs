@@ -154,6 +154,8 @@ pub struct OffsetTracker {
     last: Option<i64>,
     /// The last position returned by [`take_commit`](Self::take_commit).
     committed: Option<i64>,
+    /// The metadata returned with it.
+    committed_metadata: String,
 }
 
 impl OffsetTracker {
@@ -205,20 +207,131 @@ impl OffsetTracker {
         }
     }
 
-    /// [`committable`](Self::committable), but only when it moved since the
-    /// last call, so that the caller commits only what is new.
-    pub fn take_commit(&mut self) -> Option<i64> {
+    /// [`committable`](Self::committable) and its [`settled_metadata`](Self::settled_metadata),
+    /// but only when one of them changed since the last call, so that the caller commits only
+    /// what is new.
+    pub fn take_commit(&mut self) -> Option<(i64, String)> {
         let position = self.committable()?;
-        if self.committed.is_some_and(|done| done >= position) {
+        let metadata = self.settled_metadata(SETTLED_METADATA_MAX);
+        if self.committed.is_some_and(|done| done > position)
+            || (self.committed == Some(position) && metadata == self.committed_metadata)
+        {
             return None;
         }
         self.committed = Some(position);
-        Some(position)
+        self.committed_metadata.clone_from(&metadata);
+        Some((position, metadata))
+    }
+
+    /// The offsets above [`committable`](Self::committable) that are settled, as commit
+    /// metadata for [`SettledAbove::decode`], at most `max` bytes (empty when there are none).
+    /// Runs of offsets alternate, starting with the pending run at the position: `"<prefix>p,s,
+    /// p,s,…"`; what does not fit is left out, and is delivered again should it be read again.
+    pub fn settled_metadata(&self, max: usize) -> String {
+        let (Some((&position, _)), Some(last)) = (self.pending.first_key_value(), self.last) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        // The pending run starts at `start`; `next` is the first offset after it.
+        let (mut start, mut next) = (position, position);
+        for &offset in self.pending.keys() {
+            if offset > next {
+                if !append_runs(&mut out, next - start, offset - next, max) {
+                    return out;
+                }
+                start = offset;
+            }
+            next = offset + 1;
+        }
+        if last >= next {
+            append_runs(&mut out, next - start, last + 1 - next, max);
+        }
+        out
     }
 
     /// Offsets with unsettled deliveries; for backpressure and metrics.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+}
+
+/// Commit metadata of the dispatcher's settled offsets starts with this; other metadata is
+/// ignored.
+pub const SETTLED_METADATA_PREFIX: &str = "hookline/settled/v1:";
+
+/// How much commit metadata the settled offsets may take: below the broker's
+/// `offset.metadata.max.bytes` (4096 by default), which refuses the whole commit above it.
+pub const SETTLED_METADATA_MAX: usize = 3_072;
+
+/// Appends a pending and a settled run to `out` if that keeps it within `max` bytes.
+fn append_runs(out: &mut String, pending: i64, settled: i64, max: usize) -> bool {
+    let run = format!(
+        "{}{pending},{settled}",
+        if out.is_empty() {
+            SETTLED_METADATA_PREFIX
+        } else {
+            ","
+        }
+    );
+    if out.len() + run.len() > max {
+        return false;
+    }
+    out.push_str(&run);
+    true
+}
+
+/// The offsets above a committed position that were settled when it was committed, read back
+/// from the commit's metadata ([`OffsetTracker::settled_metadata`]): the next reader of the
+/// partition (the same replica after a crash, or another one after a rebalance) skips them
+/// instead of delivering them a second time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettledAbove {
+    /// Settled ranges `[start, end)`, ascending, disjoint, all above the position.
+    ranges: Vec<(i64, i64)>,
+}
+
+impl SettledAbove {
+    /// The settled offsets that `metadata`, committed with `position`, describes; `None` when
+    /// it is not of this format (empty, another writer's, malformed), which settles nothing.
+    pub fn decode(position: i64, metadata: &str) -> Option<Self> {
+        let runs = metadata.strip_prefix(SETTLED_METADATA_PREFIX)?;
+        let mut ranges = Vec::new();
+        let mut at = position;
+        for (i, run) in runs.split(',').enumerate() {
+            let len: i64 = run.parse().ok().filter(|l| *l > 0)?;
+            let end = at.checked_add(len)?;
+            if i % 2 == 1 {
+                ranges.push((at, end));
+            }
+            at = end;
+        }
+        Some(Self { ranges })
+    }
+
+    /// Whether `offset` was settled when the position was committed.
+    pub fn contains(&self, offset: i64) -> bool {
+        let i = self.ranges.partition_point(|(_, end)| *end <= offset);
+        self.ranges
+            .get(i)
+            .is_some_and(|(start, _)| *start <= offset)
+    }
+
+    /// Whether no offset at or above `offset` is settled: nothing more to skip from there on.
+    pub fn exhausted_at(&self, offset: i64) -> bool {
+        self.ranges.last().is_none_or(|(_, end)| *end <= offset)
+    }
+
+    /// How many offsets are settled.
+    pub fn len(&self) -> u64 {
+        self.ranges
+            .iter()
+            .map(|(s, e)| u64::try_from(e - s).unwrap_or(0))
+            .sum()
+    }
+
+    /// Whether no offset is settled.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
     }
 }
 

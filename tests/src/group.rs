@@ -95,3 +95,24 @@ pub fn assigned_partitions(assignment: &[u8], topic: &str) -> Vec<i32> {
     };
     parse().unwrap_or_default()
 }
+
+/// Whether a broker of this environment logged that a member of `group` left it with an
+/// explicit `LeaveGroup` request (rather than being dropped when its session timed out). The
+/// brokers' logs are `$HOOKLINE_RUN_DIR/logs/kafka*.log`.
+pub fn left_explicitly(group: &str) -> bool {
+    let marker = format!("[Group {group}] Member ");
+    let Ok(dir) = std::fs::read_dir(crate::run_dir().join("logs")) else {
+        return false;
+    };
+    dir.flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("kafka") && name.ends_with(".log")
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .any(|log| {
+            log.lines().any(|l| {
+                l.contains(&marker) && l.contains("has left group through explicit `LeaveGroup`")
+            })
+        })
+}

@@ -478,12 +478,21 @@ async fn a_replica_added_and_removed_mid_stream_repeats_no_delivery() {
         let two = members(&env, &group, &topics.events, 2).await;
         eprintln!("scaled up: {two:?}");
         flowing(delivered() + 300).await.unwrap();
-        // Back to one: the removed replica commits and stops; its static membership lapses after
-        // the session timeout, and the other takes its partitions over.
+        // Back to one: the removed replica commits, serves its revocation and leaves the group
+        // (a static member sends no LeaveGroup when it merely closes, and its partitions would
+        // wait for its session to time out), and the other takes its partitions over.
+        assert!(!group::left_explicitly(&group), "no member left yet");
         helm_install(&env, &[]).unwrap();
         controller_rolled_out(&client).await;
         let one = members(&env, &group, &topics.events, 1).await;
         eprintln!("scaled down: {one:?}");
+        wait::until(
+            WITHIN,
+            "the broker's log: the removed replica left with LeaveGroup",
+            || async { Ok(group::left_explicitly(&group).then_some(())) },
+        )
+        .await
+        .unwrap();
         flowing(delivered() + 300).await.unwrap();
         done.store(true, std::sync::atomic::Ordering::SeqCst);
     };

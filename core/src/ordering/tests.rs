@@ -122,18 +122,111 @@ fn unmatched_records_and_offset_gaps_do_not_hold_commits_back() {
 }
 
 #[test]
-fn take_commit_returns_each_new_position_once() {
+fn take_commit_returns_each_new_position_or_settled_set_once() {
     let mut tracker = OffsetTracker::new();
     assert_eq!(tracker.take_commit(), None);
     tracker.track(0, 1).unwrap();
     tracker.track(1, 1).unwrap();
-    assert_eq!(tracker.take_commit(), Some(0));
+    assert_eq!(tracker.take_commit(), Some((0, String::new())));
     assert_eq!(tracker.take_commit(), None);
+    // Offset 1 settles above the position: the position stays, the metadata says so.
     tracker.settle(1).unwrap();
+    let meta = format!("{SETTLED_METADATA_PREFIX}1,1");
+    assert_eq!(tracker.take_commit(), Some((0, meta)));
     assert_eq!(tracker.take_commit(), None);
     tracker.settle(0).unwrap();
-    assert_eq!(tracker.take_commit(), Some(2));
+    assert_eq!(tracker.take_commit(), Some((2, String::new())));
     assert_eq!(tracker.take_commit(), None);
+}
+
+/// The offsets `decoded` says are settled among `range`.
+fn settled_in(decoded: &SettledAbove, range: std::ops::Range<i64>) -> Vec<i64> {
+    range.filter(|o| decoded.contains(*o)).collect()
+}
+
+#[test]
+fn settled_offsets_above_the_position_survive_a_round_trip_through_the_metadata() {
+    let mut tracker = OffsetTracker::new();
+    for offset in 10..=20 {
+        tracker.track(offset, 1).unwrap();
+    }
+    tracker.track(24, 0).unwrap(); // 21..=23 compacted away; 24 matched no webhook.
+    for offset in [12, 13, 15, 18, 19, 20] {
+        tracker.settle(offset).unwrap();
+    }
+    let (position, meta) = tracker.take_commit().unwrap();
+    assert_eq!(position, 10);
+    // Pending 10-11, settled 12-13, pending 14, settled 15, pending 16-17, settled 18-24.
+    assert_eq!(meta, format!("{SETTLED_METADATA_PREFIX}2,2,1,1,2,7"));
+    let decoded = SettledAbove::decode(position, &meta).unwrap();
+    assert_eq!(
+        settled_in(&decoded, 0..40),
+        [12, 13, 15, 18, 19, 20, 21, 22, 23, 24]
+    );
+    assert_eq!(decoded.len(), 10);
+    assert!(!decoded.exhausted_at(24));
+    assert!(decoded.exhausted_at(25));
+}
+
+#[test]
+fn nothing_settled_above_the_position_needs_no_metadata() {
+    let mut tracker = OffsetTracker::new();
+    assert_eq!(tracker.settled_metadata(SETTLED_METADATA_MAX), "");
+    tracker.track(3, 1).unwrap();
+    tracker.track(4, 2).unwrap();
+    assert_eq!(tracker.settled_metadata(SETTLED_METADATA_MAX), "");
+    tracker.settle(3).unwrap();
+    tracker.settle(4).unwrap();
+    tracker.settle(4).unwrap();
+    assert_eq!(tracker.committable(), Some(5));
+    assert_eq!(tracker.settled_metadata(SETTLED_METADATA_MAX), "");
+}
+
+#[test]
+fn metadata_past_the_limit_keeps_a_prefix_of_what_is_settled_and_nothing_more() {
+    let mut tracker = OffsetTracker::new();
+    // Every other offset settled: the worst case, two runs per settled offset.
+    for offset in 1_000..11_000 {
+        tracker.track(offset, 1).unwrap();
+        if offset % 2 == 1 {
+            tracker.settle(offset).unwrap();
+        }
+    }
+    let meta = tracker.settled_metadata(SETTLED_METADATA_MAX);
+    assert!(meta.len() <= SETTLED_METADATA_MAX, "{} bytes", meta.len());
+    let decoded = SettledAbove::decode(1_000, &meta).unwrap();
+    let settled = settled_in(&decoded, 1_000..11_000);
+    // "1,1," per settled offset: about 760 fit.
+    assert!(
+        settled.len() > 700,
+        "{} settled offsets kept",
+        settled.len()
+    );
+    assert!(settled.iter().all(|o| o % 2 == 1), "only settled offsets");
+    let kept = settled.len() as i64;
+    assert_eq!(
+        settled,
+        (0..kept).map(|i| 1_001 + 2 * i).collect::<Vec<_>>(),
+        "a prefix, without gaps"
+    );
+}
+
+#[test]
+fn foreign_or_malformed_metadata_settles_nothing() {
+    for meta in [
+        "",
+        "some other consumer's note",
+        "hookline/settled/v1:",
+        "hookline/settled/v1:2,x",
+        "hookline/settled/v1:2,0,1",
+        "hookline/settled/v1:2,-1",
+        "hookline/settled/v1:1,9223372036854775807",
+        "hookline/settled/v2:1,1",
+    ] {
+        assert_eq!(SettledAbove::decode(5, meta), None, "{meta:?}");
+    }
+    let none = SettledAbove::default();
+    assert!(!none.contains(5) && none.is_empty() && none.exhausted_at(0));
 }
 
 #[test]

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use hookline_core::dedup::{Remembered, Seen};
+use hookline_core::ordering::SettledAbove;
 
 use crate::ops::metrics::Metrics;
 use hookline_core::retry_topics::RetryMeta;
@@ -50,9 +51,31 @@ pub enum Rebalanced {
     Revoked(Vec<Tp>),
 }
 
+/// A position to commit and its metadata (the settled offsets above it,
+/// [`hookline_core::ordering::OffsetTracker::settled_metadata`]).
+pub type Committed = (i64, String);
+
 /// Positions committed by the pipeline, so that a revocation carried out at once (at shutdown)
 /// can commit them again before the partitions go.
-pub type Committable = Arc<Mutex<HashMap<Tp, i64>>>;
+pub type Committable = Arc<Mutex<HashMap<Tp, Committed>>>;
+
+/// `positions` as a list to commit, each with its metadata.
+///
+/// # Errors
+/// When a partition cannot be added (an invalid offset).
+pub fn commit_list<'a>(
+    positions: impl IntoIterator<Item = (&'a Tp, &'a Committed)>,
+) -> Result<TopicPartitionList, rdkafka::error::KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), (offset, metadata)) in positions {
+        let mut e = tpl.add_partition(topic, *partition);
+        e.set_offset(Offset::Offset(*offset))?;
+        if !metadata.is_empty() {
+            e.set_metadata(metadata);
+        }
+    }
+    Ok(tpl)
+}
 
 /// The consumer's callbacks.
 pub struct Context {
@@ -113,10 +136,10 @@ impl Context {
         let mut commit = TopicPartitionList::new();
         if !lost {
             let positions = self.committable.lock().expect("committable lock");
-            for tp in &revoked {
-                if let Some(offset) = positions.get(tp) {
-                    let _ = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(*offset));
-                }
+            if let Ok(list) =
+                commit_list(revoked.iter().filter_map(|tp| positions.get_key_value(tp)))
+            {
+                commit = list;
             }
         }
         if commit.count() > 0
@@ -290,7 +313,8 @@ pub struct PendingRetry {
 }
 
 /// Reads `partitions` (retry tiers) from the group's committed offsets to
-/// their current ends and returns the retries found, for the lanes. Blocking:
+/// their current ends and returns the retries found, for the lanes, leaving out
+/// those `settled` already ([`settled_above`]). Blocking:
 /// run it on a blocking thread. Gives up after `deadline` with what it found.
 /// Transient failures (a topic whose leader is still being elected) are
 /// retried a few times.
@@ -301,12 +325,13 @@ pub fn scan(
     config: &ClientConfig,
     main: &KafkaConsumer,
     partitions: &[Tp],
+    settled: &HashMap<Tp, SettledAbove>,
     deadline: Duration,
 ) -> Result<Vec<PendingRetry>, rdkafka::error::KafkaError> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match scan_once(config, main, partitions, deadline) {
+        match scan_once(config, main, partitions, settled, deadline) {
             Err(e) if tries < 10 => {
                 tracing::debug!(error = %e, "scanning the retry topics; trying again");
                 std::thread::sleep(Duration::from_millis(500 * tries));
@@ -320,6 +345,7 @@ fn scan_once(
     config: &ClientConfig,
     main: &KafkaConsumer,
     partitions: &[Tp],
+    settled: &HashMap<Tp, SettledAbove>,
     deadline: Duration,
 ) -> Result<Vec<PendingRetry>, rdkafka::error::KafkaError> {
     if partitions.is_empty() {
@@ -373,6 +399,10 @@ fn scan_once(
         if ends.get(&tp).is_some_and(|end| msg.offset() + 1 >= *end) {
             ends.remove(&tp);
         }
+        // Settled before the crash or rebalance: skipped when read, so it holds no key.
+        if settled.get(&tp).is_some_and(|s| s.contains(msg.offset())) {
+            continue;
+        }
         let headers: Vec<(&str, &[u8])> = msg
             .headers()
             .map(|hs| {
@@ -396,6 +426,36 @@ fn scan_once(
         );
     }
     Ok(found)
+}
+
+/// The offsets above the committed positions of `tps` that were settled when those positions
+/// were committed, from the commits' metadata; partitions without any (nothing committed, or
+/// metadata of another format) are left out.
+///
+/// # Errors
+/// When the committed offsets cannot be read.
+pub fn settled_above(
+    main: &KafkaConsumer,
+    tps: &[Tp],
+) -> Result<HashMap<Tp, SettledAbove>, rdkafka::error::KafkaError> {
+    if tps.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in tps {
+        tpl.add_partition(t, *p);
+    }
+    let committed = main.committed_offsets(tpl, Duration::from_secs(15))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(position) => SettledAbove::decode(position, e.metadata())
+                .filter(|s| !s.is_empty())
+                .map(|s| ((e.topic().to_owned(), e.partition()), s)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// What the dedup topic remembers for `partitions` of the events topic: each partition of

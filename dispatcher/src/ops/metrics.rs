@@ -39,7 +39,8 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     /// Records read, by outcome (`event`, `malformed`, `retry`, `postponed`,
     /// `orphaned` for retries whose `Webhook` is gone, `duplicate` for events whose id was
-    /// seen within the dedup window).
+    /// seen within the dedup window, `settled_before` for events settled above the committed
+    /// position before a crash or rebalance, …; docs/operations.md lists them all).
     pub records: IntCounterVec,
     /// Status writes by outcome (`ok`, `conflict`, `error`).
     pub status_writes: IntCounterVec,

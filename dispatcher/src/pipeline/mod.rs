@@ -65,7 +65,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::Producer;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -75,6 +75,7 @@ use tracing::{debug, info, warn};
 use hookline_core::dedup::Seen;
 use hookline_core::envelope::Limits;
 use hookline_core::lanes::{Admit, Lanes, Place};
+use hookline_core::ordering::SettledAbove;
 use hookline_core::status::Hold;
 
 use crate::delivery::attempt::{self, OVERFLOW_POSTPONE, Shared};
@@ -103,6 +104,10 @@ pub const COMMIT_GAP: Duration = Duration::from_millis(20);
 /// gives them up anyway (what is still in flight then may be delivered again by the next
 /// owner). The whole group waits this long at most.
 pub const REVOKE_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopping pipeline waits for its revocation after unsubscribing.
+pub const LEAVE_WAIT: Duration = Duration::from_secs(3);
+/// How long it then lets librdkafka's thread send LeaveGroup before the process goes on to exit.
+const LEAVE_SEND: Duration = Duration::from_millis(300);
 /// How long the start-up scan of the retry topics may take.
 pub const SCAN_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -154,6 +159,9 @@ pub struct Pipeline {
     last_commit: Instant,
     /// The event ids each assigned events partition has seen (none without a dedup topic).
     dedup: HashMap<i32, Seen>,
+    /// Offsets of assigned partitions that were settled above the committed position (by the
+    /// previous owner, or this process before a crash): skipped when read again.
+    settled: HashMap<Tp, SettledAbove>,
 }
 
 impl Pipeline {
@@ -172,6 +180,7 @@ impl Pipeline {
             revoking: None,
             last_commit: Instant::now(),
             dedup: HashMap::new(),
+            settled: HashMap::new(),
         }
     }
 
@@ -382,6 +391,24 @@ impl Pipeline {
         self.sync_pause(tp);
     }
 
+    /// Whether the record at `source` was settled before this assignment read it (above the
+    /// committed position, by the commit's metadata): it is neither delivered nor remembered
+    /// again. What is left to skip is forgotten once the partition is read past it.
+    fn settled_before(&mut self, source: &Source) -> bool {
+        if self.settled.is_empty() {
+            return false;
+        }
+        let tp = (source.topic.to_string(), source.partition);
+        let Some(settled) = self.settled.get(&tp) else {
+            return false;
+        };
+        let skip = settled.contains(source.offset);
+        if settled.exhausted_at(source.offset + 1) {
+            self.settled.remove(&tp);
+        }
+        skip
+    }
+
     /// Turns a record into its [`Fate`], tracks it and sends it on its way.
     fn on_record(&mut self, ready: Ready) {
         let Ready {
@@ -390,6 +417,7 @@ impl Pipeline {
             tier,
             step,
         } = ready;
+        let settled_before = self.settled_before(&source);
         let fate = {
             let cx = Context {
                 registry: &self.wiring.registry,
@@ -399,6 +427,11 @@ impl Pipeline {
                 replays: &self.wiring.replays,
             };
             match tier {
+                // Left out of the retry scan, so no lane holds it.
+                _ if settled_before => {
+                    cx.shared.metrics.record("settled_before");
+                    Fate::Dropped { lane: None, seq: 0 }
+                }
                 None => {
                     records::from_event(&msg, &source, &cx, self.dedup.get_mut(&source.partition))
                 }
@@ -481,7 +514,15 @@ impl Pipeline {
                     self.wiring.dedup_window,
                 );
                 tokio::task::spawn_blocking(move || {
-                    let result = consumer::scan(&config, &consumer, &retry_tps, SCAN_DEADLINE);
+                    let settled = consumer::settled_above(&consumer, &tps);
+                    let empty = HashMap::new();
+                    let result = consumer::scan(
+                        &config,
+                        &consumer,
+                        &retry_tps,
+                        settled.as_ref().unwrap_or(&empty),
+                        SCAN_DEADLINE,
+                    );
                     let seen = match &dedup_topic {
                         Some(topic) => {
                             consumer::restore_seen(&config, topic, &events, window, SCAN_DEADLINE)
@@ -492,6 +533,7 @@ impl Pipeline {
                         epoch,
                         result,
                         seen,
+                        settled,
                     });
                 });
             }
@@ -554,6 +596,20 @@ impl Pipeline {
                 }
             }
         }
+        match s.settled {
+            Ok(settled) => {
+                let offsets: u64 = settled.values().map(SettledAbove::len).sum();
+                if offsets > 0 {
+                    info!(
+                        partitions = settled.len(),
+                        offsets, "offsets settled above the committed positions are skipped"
+                    );
+                }
+                self.settled.extend(settled);
+            }
+            // Everything from the committed positions on is delivered (again): at least once.
+            Err(e) => warn!(error = %e, "cannot read the committed positions' metadata"),
+        }
         self.partitions.scanned(s.epoch);
         self.drain_all();
     }
@@ -591,6 +647,7 @@ impl Pipeline {
         let events_topic = &self.wiring.shared.writer.events_topic;
         for tp in tps {
             self.partitions.revoke(tp);
+            self.settled.remove(tp);
             self.wiring
                 .committable
                 .lock()
@@ -649,14 +706,18 @@ impl Pipeline {
             return;
         }
         self.last_commit = Instant::now();
-        let mut tpl = TopicPartitionList::new();
-        {
-            let mut committable = self.wiring.committable.lock().expect("committable lock");
-            for (tp, position) in positions {
-                let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(position));
-                committable.insert(tp, position);
+        let tpl = match consumer::commit_list(positions.iter().map(|(tp, c)| (tp, c))) {
+            Ok(tpl) => tpl,
+            Err(e) => {
+                warn!(error = %e, "cannot list the positions to commit");
+                return;
             }
-        }
+        };
+        self.wiring
+            .committable
+            .lock()
+            .expect("committable lock")
+            .extend(positions);
         if let Err(e) = self.wiring.consumer.commit(&tpl, mode) {
             warn!(error = %e, "commit failed; retried with the next one");
         }
@@ -697,6 +758,34 @@ impl Pipeline {
         let producer = self.wiring.shared.writer.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
         self.wiring.consumer.unsubscribe();
+        self.leave().await;
         info!("pipeline stopped");
+    }
+
+    /// Serves the revocation that unsubscribing starts (revocations are served while the
+    /// consumer is polled), after which librdkafka sends LeaveGroup: the partitions go to the
+    /// other replicas at once. Without it the process would close its consumer still assigned,
+    /// and a static member sends no LeaveGroup when it closes (KIP-345), so its partitions
+    /// would wait for its session to time out. Records read meanwhile are dropped: they were
+    /// never tracked, and whoever reads the partitions next reads them.
+    async fn leave(&self) {
+        let consumer = &self.wiring.consumer;
+        let deadline = Instant::now() + LEAVE_WAIT;
+        let mut left_at = None;
+        while Instant::now() < deadline {
+            let assigned = consumer.assignment().map_or(0, |a| a.count());
+            if assigned == 0 {
+                // LeaveGroup goes out from librdkafka's thread once the unassignment is done.
+                let at = *left_at.get_or_insert_with(Instant::now);
+                if at.elapsed() >= LEAVE_SEND {
+                    return;
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+        }
+        warn!(
+            wait = ?LEAVE_WAIT,
+            "still assigned after unsubscribing; the partitions wait for the session timeout"
+        );
     }
 }

@@ -18,7 +18,7 @@ use tracing::warn;
 
 use super::records::header_pairs;
 use crate::delivery::job::Source;
-use crate::kafka::consumer::{PendingRetry, Tp};
+use crate::kafka::consumer::{Committed, PendingRetry, Tp};
 
 /// Records an events partition holds at most, under back-pressure, before it is paused.
 const READ_AHEAD: usize = 1_000;
@@ -38,6 +38,9 @@ pub struct ScanDone {
     /// The ids each assigned events partition remembers, restored from the dedup topic (empty
     /// without one), or why they could not be.
     pub seen: Result<Vec<(i32, hookline_core::dedup::Seen)>, KafkaError>,
+    /// The offsets above each assigned partition's committed position that were settled when
+    /// it was committed (from the commit's metadata), or why they could not be read.
+    pub settled: Result<HashMap<Tp, hookline_core::ordering::SettledAbove>, KafkaError>,
 }
 
 /// A record that may go now.
@@ -300,11 +303,12 @@ impl Partitions {
         }
     }
 
-    /// The positions that became committable since the last call.
-    pub fn take_commits(&mut self) -> Vec<(Tp, i64)> {
+    /// The positions, with the settled offsets above them as commit metadata, that changed
+    /// since the last call.
+    pub fn take_commits(&mut self) -> Vec<(Tp, Committed)> {
         self.map
             .iter_mut()
-            .filter_map(|(tp, part)| part.tracker.take_commit().map(|pos| (tp.clone(), pos)))
+            .filter_map(|(tp, part)| part.tracker.take_commit().map(|c| (tp.clone(), c)))
             .collect()
     }
 }

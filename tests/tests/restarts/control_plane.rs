@@ -57,7 +57,8 @@ async fn api_server_and_etcd_stopped_for_30s_deliveries_go_on_and_the_controller
         .unwrap();
     let at_stop = distinct_2xx(&rx.requests("/fraud"));
     eprintln!("kube-apiserver and etcd stopped with {at_stop} of {EVENTS} events delivered");
-    assert!(at_stop < EVENTS / 2, "the outage began mid-stream");
+    // Mid-stream by construction: the second half is produced only now, during the outage
+    // (the first half may all be delivered by the time both are stopped).
     t.produce_in_order(&records(EVENTS / 2..EVENTS, KEYS)).await;
     // Unable to renew its 15 s Lease, the controller exits before the outage is over.
     wait::until(
