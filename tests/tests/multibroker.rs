@@ -35,12 +35,13 @@ const CHUNK: usize = 250;
 /// The broker dies once this many events are acknowledged.
 const KILL_AFTER: usize = 4_000;
 /// Repeats of an already delivered event allowed in all: at least once replays what was not
-/// yet committed when something failed, never a whole stream. Measured on 2 loaded cores: the
-/// killed broker was the dispatcher group's coordinator, the consumer declared its assignment
-/// lost about 8 s later (its session timeout, 10 s, is no longer than a coordinator fail-over)
-/// and 14 % and 20 % of the events came again (1,431 and 1,967 of 10,000). Issue 16 item 1
-/// aims at 1 %; this bound should follow it down.
-const MAX_REPEATS: usize = EVENTS / 2;
+/// yet committed when something failed, never a whole stream. When the killed broker is the
+/// dispatcher group's coordinator, commits fail until another broker coordinates the group, and
+/// the consumer declares its assignment lost about 8 s later (its session timeout, 10 s, is no
+/// longer than a coordinator fail-over): what settled since the last commit that got through
+/// comes again. Measured on 2 loaded cores: 14 % and 20 % (1,431 and 1,967 of 10,000) before
+/// settled offsets travelled with each commit, 6.4 % (637) after (2026-12-02).
+const MAX_REPEATS: usize = EVENTS * 15 / 100;
 
 fn id(r: &Recorded) -> &str {
     r.header("webhook-id").expect("webhook-id")
