@@ -119,9 +119,14 @@ pub async fn reconcile(r: Arc<WebhookReplay>, rc: Arc<ReplayContext>) -> Result<
     let wanted = ObjectRef::<Webhook>::new(&r.spec.webhook_ref.name).within(&ns);
     let Some(webhook) = rc.ctx.webhooks.get(&wanted) else {
         let api = Api::<Webhook>::namespaced(rc.ctx.client.clone(), &ns);
-        if api.get_opt(&r.spec.webhook_ref.name).await?.is_some() {
-            // Another Hookline instance's Webhook: its controller runs this replay.
-            return Ok(Action::await_change());
+        if let Some(found) = api.get_opt(&r.spec.webhook_ref.name).await? {
+            if !rc.ctx.settings.serves(found.labels()) {
+                // Another Hookline instance's Webhook: its controller runs this replay.
+                return Ok(Action::await_change());
+            }
+            // Ours, but not in the store yet: it is still being filled after a (re)start, and
+            // waiting for a change here would leave a replay under way unresumed.
+            return Ok(Action::requeue(Duration::from_secs(2)));
         }
         let status = WebhookReplayStatus {
             phase: Some(ReplayPhase::Pending),

@@ -138,6 +138,12 @@ impl Settings {
             None => format!("!{LABEL_INSTANCE}"),
         }
     }
+
+    /// Whether this controller serves a `Webhook` with these labels: the same choice as
+    /// [`webhook_selector`](Self::webhook_selector), for an object read directly.
+    pub fn serves(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        labels.get(LABEL_INSTANCE) == self.instance.as_ref()
+    }
 }
 
 /// Where dispatcher Pods run and how their image is pulled: what a platform sets for all of
@@ -202,6 +208,25 @@ mod tests {
         assert_eq!(s.webhook_selector(), "!hookline.dev/instance");
         s.instance = Some("canary".into());
         assert_eq!(s.webhook_selector(), "hookline.dev/instance=canary");
+    }
+
+    #[test]
+    fn a_webhook_is_served_by_the_instance_its_label_names_or_by_the_main_one_without() {
+        let labels = |v: Option<&str>| {
+            v.map(|v| (LABEL_INSTANCE.to_owned(), v.to_owned()))
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let main = Settings::for_tests();
+        let canary = Settings {
+            instance: Some("canary".into()),
+            ..Settings::for_tests()
+        };
+        assert!(main.serves(&labels(None)));
+        assert!(!main.serves(&labels(Some("canary"))));
+        assert!(canary.serves(&labels(Some("canary"))));
+        assert!(!canary.serves(&labels(None)));
+        assert!(!canary.serves(&labels(Some("other"))));
     }
 
     #[test]
