@@ -156,6 +156,9 @@ pub struct OffsetTracker {
     committed: Option<i64>,
     /// The metadata returned with it.
     committed_metadata: String,
+    /// Whether anything was tracked or settled since the last [`take_commit`](Self::take_commit):
+    /// the commit tick runs every few milliseconds on every partition, mostly with nothing new.
+    changed: bool,
 }
 
 impl OffsetTracker {
@@ -176,6 +179,7 @@ impl OffsetTracker {
             return Err(OffsetError::NotIncreasing { offset, last });
         }
         self.last = Some(offset);
+        self.changed = true;
         if deliveries > 0 {
             self.pending.insert(offset, deliveries);
         }
@@ -194,6 +198,7 @@ impl OffsetTracker {
         *remaining -= 1;
         if *remaining == 0 {
             self.pending.remove(&offset);
+            self.changed = true;
         }
         Ok(())
     }
@@ -211,6 +216,9 @@ impl OffsetTracker {
     /// but only when one of them changed since the last call, so that the caller commits only
     /// what is new.
     pub fn take_commit(&mut self) -> Option<(i64, String)> {
+        if !std::mem::take(&mut self.changed) {
+            return None;
+        }
         let position = self.committable()?;
         let metadata = self.settled_metadata(SETTLED_METADATA_MAX);
         if self.committed.is_some_and(|done| done > position)
@@ -227,6 +235,8 @@ impl OffsetTracker {
     /// metadata for [`SettledAbove::decode`], at most `max` bytes (empty when there are none).
     /// Runs of offsets alternate, starting with the pending run at the position: `"<prefix>p,s,
     /// p,s,…"`; what does not fit is left out, and is delivered again should it be read again.
+    /// The walk stops after [`SETTLED_METADATA_WALK`] pending offsets, so a long backlog costs
+    /// no more than that per call.
     pub fn settled_metadata(&self, max: usize) -> String {
         let (Some((&position, _)), Some(last)) = (self.pending.first_key_value(), self.last) else {
             return String::new();
@@ -234,7 +244,7 @@ impl OffsetTracker {
         let mut out = String::new();
         // The pending run starts at `start`; `next` is the first offset after it.
         let (mut start, mut next) = (position, position);
-        for &offset in self.pending.keys() {
+        for &offset in self.pending.keys().take(SETTLED_METADATA_WALK) {
             if offset > next {
                 if !append_runs(&mut out, next - start, offset - next, max) {
                     return out;
@@ -243,7 +253,8 @@ impl OffsetTracker {
             }
             next = offset + 1;
         }
-        if last >= next {
+        // Past the walk's end, the offsets after `next` may still be pending.
+        if last >= next && self.pending.len() <= SETTLED_METADATA_WALK {
             append_runs(&mut out, next - start, last + 1 - next, max);
         }
         out
@@ -262,6 +273,10 @@ pub const SETTLED_METADATA_PREFIX: &str = "hookline/settled/v1:";
 /// How much commit metadata the settled offsets may take: below the broker's
 /// `offset.metadata.max.bytes` (4096 by default), which refuses the whole commit above it.
 pub const SETTLED_METADATA_MAX: usize = 3_072;
+
+/// How many pending offsets [`OffsetTracker::settled_metadata`] looks at, at most: 3 KB of
+/// metadata holds a few hundred runs, so a longer walk would rarely add one.
+pub const SETTLED_METADATA_WALK: usize = 4_096;
 
 /// Appends a pending and a settled run to `out` if that keeps it within `max` bytes.
 fn append_runs(out: &mut String, pending: i64, settled: i64, max: usize) -> bool {

@@ -139,6 +139,26 @@ fn take_commit_returns_each_new_position_or_settled_set_once() {
     assert_eq!(tracker.take_commit(), None);
 }
 
+#[test]
+fn a_backlog_longer_than_the_walk_claims_nothing_past_where_the_walk_stopped() {
+    let mut tracker = OffsetTracker::new();
+    let backlog = i64::try_from(SETTLED_METADATA_WALK).unwrap() + 100;
+    for offset in 0..backlog {
+        tracker.track(offset, 1).unwrap();
+    }
+    tracker.settle(1).unwrap();
+    tracker.track(backlog, 0).unwrap(); // settled at once, but past the walk
+    let (position, meta) = tracker.take_commit().unwrap();
+    assert_eq!(position, 0);
+    // Offset 1 is within the walk; the tail past the walk's end is not claimed.
+    assert_eq!(meta, format!("{SETTLED_METADATA_PREFIX}1,1"));
+    let decoded = SettledAbove::decode(position, &meta).unwrap();
+    assert!(!decoded.contains(backlog));
+    assert!(!decoded.contains(backlog - 1));
+    // Nothing changed: nothing to commit, and no walk either.
+    assert_eq!(tracker.take_commit(), None);
+}
+
 /// The offsets `decoded` says are settled among `range`.
 fn settled_in(decoded: &SettledAbove, range: std::ops::Range<i64>) -> Vec<i64> {
     range.filter(|o| decoded.contains(*o)).collect()
