@@ -190,7 +190,7 @@ impl Auth {
             .auth_lookups
             .with_label_values(&["access", if cached.is_some() { "yes" } else { "no" }])
             .inc();
-        let access = Access {
+        let access = || Access {
             verb: verb.to_owned(),
             group: GROUP.to_owned(),
             resource: resource.to_owned(),
@@ -204,7 +204,7 @@ impl Auth {
                     .as_caller(&caller.token)
                     .can(tenant, verb, GROUP, resource)
                     .await
-                    .map_err(|e| Problem::from_kube(e, &access))?;
+                    .map_err(|e| Problem::from_kube(e, &access()))?;
                 self.access.put(key, a);
                 a
             }
@@ -213,7 +213,7 @@ impl Auth {
             Ok(())
         } else {
             Err(Problem::forbidden(
-                access,
+                access(),
                 format!(
                     "{} may not {verb} {resource}.{GROUP} in namespace {tenant:?}",
                     caller.user

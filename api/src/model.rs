@@ -310,7 +310,8 @@ pub struct PublishEvent {
     #[serde(default)]
     pub key: Option<String>,
     /// The event's data, any JSON; delivered byte for byte.
-    pub data: Value,
+    #[schemars(with = "Value")]
+    pub data: Box<serde_json::value::RawValue>,
 }
 
 /// A batch of events to publish.

@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::model::PublishEvent;
+use crate::problem::Problem;
 use axum::http::StatusCode;
 use hookline_core::envelope::{self, EnvelopeError, Limits, Record};
 use hookline_core::ratelimit::RateLimiter;
@@ -25,10 +27,6 @@ use jiff::Timestamp;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::json;
-
-use crate::model::PublishEvent;
-use crate::problem::Problem;
 
 /// One record ready to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +71,21 @@ pub fn prepare(
         .unwrap_or_else(|| format!("evt_{}", uuid::Uuid::new_v4().simple()));
     let key = event.key.unwrap_or_else(|| id.clone());
     let timestamp = event.timestamp.unwrap_or_else(|| now.to_string());
-    let value = serde_json::to_vec(&json!({
-        "id": id, "type": event.event_type, "timestamp": timestamp, "data": event.data,
-    }))
+    // The envelope the dispatcher reads, written from the parsed fields; `data` byte for byte.
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        id: &'a str,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        timestamp: &'a str,
+        data: &'a serde_json::value::RawValue,
+    }
+    let value = serde_json::to_vec(&Envelope {
+        id: &id,
+        event_type: &event.event_type,
+        timestamp: &timestamp,
+        data: &event.data,
+    })
     .map_err(|e| Problem::field(&format!("{prefix}data"), e.to_string()))?;
     let record = Record {
         key: Some(key.as_bytes()),
@@ -220,8 +230,10 @@ impl Publisher {
 mod tests {
     use super::*;
 
+    use serde_json::json;
+
     fn event(v: serde_json::Value) -> PublishEvent {
-        serde_json::from_value(v).unwrap()
+        serde_json::from_str(&v.to_string()).unwrap()
     }
 
     fn now() -> Timestamp {
@@ -268,6 +280,23 @@ mod tests {
         )
         .unwrap();
         assert!(generated.id.starts_with("evt_"));
+    }
+
+    #[test]
+    fn data_is_written_byte_for_byte_in_the_envelope_the_dispatcher_reads() {
+        // Key order and spacing of `data` are the producer's: the signature covers these bytes.
+        let body = r#"{"type":"t","id":"e1","data": {"z": 1,  "a": [true, null]}}"#;
+        let event: PublishEvent = serde_json::from_str(body).unwrap();
+        let out = prepare(event, None, now(), &Limits::default(), "").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out.value).unwrap(),
+            r#"{"id":"e1","type":"t","timestamp":"2026-12-01T10:00:00Z","data":{"z": 1,  "a": [true, null]}}"#
+        );
+        let missing = serde_json::from_str::<PublishEvent>(r#"{"type":"t"}"#).unwrap_err();
+        assert!(
+            missing.to_string().contains("missing field `data`"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -95,12 +95,17 @@ impl Topics {
     }
 }
 
+/// The events topic of `tenant`: [`topics`]`(tenant).events` without the others.
+pub fn events_topic(tenant: &str) -> String {
+    format!("hookline.{tenant}.events")
+}
+
 /// The topics of `tenant` (a namespace name: at most 63 characters of `[a-z0-9-]`, so every
 /// topic name stays well inside Kafka's 249).
 pub fn topics(tenant: &str) -> Topics {
     let base = format!("hookline.{tenant}");
     Topics {
-        events: format!("{base}.events"),
+        events: events_topic(tenant),
         retry: RETRY_TIERS
             .iter()
             .map(|(d, s)| (*d, format!("{base}.retry.{s}")))

@@ -250,6 +250,22 @@ impl OwnApi {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<(u16, BTreeMap<String, String>, Value)> {
+        let body = body.map(serde_json::to_vec).transpose()?;
+        self.call_raw(method, path, token, body, headers).await
+    }
+
+    /// [`call`](Self::call) with a body of exactly these bytes (sent as `application/json`).
+    ///
+    /// # Errors
+    /// When the request cannot be made.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, BTreeMap<String, String>, Value)> {
         let mut req = self
             .http
             .request(method.parse()?, format!("{}{path}", self.base));
@@ -257,9 +273,7 @@ impl OwnApi {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(b)?);
+            req = req.header("content-type", "application/json").body(b);
         }
         for (k, v) in headers {
             req = req.header(*k, *v);

@@ -188,13 +188,17 @@ async fn a_published_event_is_durable_delivered_signed_and_logged_and_a_refused_
         "{res}"
     );
 
-    // A last good event, then the events topic holds exactly the accepted ones.
+    // A last good event, its data in an order and spacing of its own (delivered byte for byte),
+    // then the events topic holds exactly the accepted ones.
+    let raw_data = r#"{"tx": 3,  "decision": "REVIEW", "a": [true, null]}"#;
+    let raw = format!(r#"{{"type": "transaction.review", "key": "tx-3", "data": {raw_data}}}"#);
     let (s, _, body) = api
-        .call("POST", &events(&ns), pubr, Some(&one), &[])
+        .call_raw("POST", &events(&ns), pubr, Some(raw.into_bytes()), &[])
         .await
         .unwrap();
     assert_eq!(s, 202, "{body}");
-    accepted.insert(body["id"].as_str().unwrap().to_owned());
+    let raw_id = body["id"].as_str().unwrap().to_owned();
+    accepted.insert(raw_id.clone());
     let records = kafka::consume(
         &t.env,
         &t.topics().events,
@@ -235,6 +239,15 @@ async fn a_published_event_is_durable_delivered_signed_and_logged_and_a_refused_
     let verdicts =
         verify_with_library(scratch.write("requests.jsonl", &jsonl(&got)), vec![key]).await;
     assert!(verdicts.iter().all(|v| v.verified), "{verdicts:?}");
+    let raw_delivery = got
+        .iter()
+        .find(|r| r.header("webhook-id") == Some(raw_id.as_str()))
+        .expect("the raw event was delivered");
+    let raw_body = String::from_utf8_lossy(&raw_delivery.body);
+    assert!(
+        raw_body.ends_with(&format!(r#""data":{raw_data}}}"#)),
+        "data as posted, byte for byte: {raw_body}"
+    );
     let delivered: BTreeSet<String> = verdicts.iter().filter_map(|v| v.id.clone()).collect();
     assert_eq!(delivered, accepted);
     wait::until(

@@ -62,7 +62,7 @@ pub async fn publish(
     )?;
     app.publisher.admit(&tenant, 1)?;
     app.publisher
-        .send(&naming::topics(&tenant).events, std::slice::from_ref(&out))
+        .send(&naming::events_topic(&tenant), std::slice::from_ref(&out))
         .await?;
     Ok((StatusCode::ACCEPTED, Json(Published { id: out.id })).into_response())
 }
@@ -104,7 +104,7 @@ pub async fn publish_batch(
         .collect::<Result<Vec<_>, _>>()?;
     app.publisher.admit(&tenant, records.len())?;
     app.publisher
-        .send(&naming::topics(&tenant).events, &records)
+        .send(&naming::events_topic(&tenant), &records)
         .await?;
     let ids = records.into_iter().map(|r| r.id).collect();
     Ok((StatusCode::ACCEPTED, Json(PublishedBatch { ids })).into_response())
