@@ -250,6 +250,30 @@ impl RunTopics {
     }
 }
 
+/// Sets the replicas of the chart's `hookline-api` Deployment; answers what they were (`None`
+/// when there is none, or it cannot be scaled). The chart's debug `hookline-api` reads every
+/// tenant's attempts topic into its delivery log, which costs up to half a core under load: a
+/// benchmark of something else scales it to 0 and back.
+pub async fn scale_chart_api(client: &Client, replicas: i32) -> Option<i32> {
+    let api = Api::<Deployment>::namespaced(client.clone(), "hookline-system");
+    let was = api
+        .get_opt("hookline-api")
+        .await
+        .ok()??
+        .spec?
+        .replicas
+        .unwrap_or(1);
+    api.patch_scale(
+        "hookline-api",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"replicas": replicas}})),
+    )
+    .await
+    .ok()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Some(was)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

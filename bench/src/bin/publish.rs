@@ -35,7 +35,7 @@ use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
 use delivery::{Ctx, Drain, EndToEnd};
-use load::{Done, Http, Kafka};
+use load::{Conns, Done, Http, Kafka};
 
 #[derive(Parser, Debug, Clone, Serialize)]
 #[command(about = "Publishing over HTTP (hookline-api) against a raw producer; dedup A/B")]
@@ -196,8 +196,8 @@ async fn measured(system: &str, watched: &Watched, load: impl Future<Output = Do
 }
 
 struct Senders {
-    client: reqwest::Client,
-    url: String,
+    conns: Arc<Conns>,
+    path: String,
     auth: String,
     producer: FutureProducer,
     topic: String,
@@ -207,8 +207,8 @@ struct Senders {
 impl Senders {
     fn http(&self, prefix: &str) -> Arc<Http> {
         Arc::new(Http {
-            client: self.client.clone(),
-            url: self.url.clone(),
+            conns: self.conns.clone(),
+            path: self.path.clone(),
             auth: self.auth.clone(),
             prefix: prefix.to_owned(),
             bytes: self.bytes,
@@ -353,29 +353,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(k) = cluster::kafka_pid() {
         watched.pids.push(("kafka".into(), k));
     }
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .pool_max_idle_per_host(1024)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let http = Conns::new(&api.base)?;
     let producer = api_like_producer(&env, Duration::from_secs(5))?;
     let senders_a = Senders {
-        client: http.clone(),
-        url: format!("{}/api/v1/tenants/{na}/events", api.base),
+        conns: http.clone(),
+        path: format!("/api/v1/tenants/{na}/events"),
         auth: format!("Bearer {token_a}"),
         producer: producer.clone(),
         topic: topics_a.events.clone(),
         bytes: cli.bytes,
     };
     let senders_b = Senders {
-        url: format!("{}/api/v1/tenants/{nb}/events", api.base),
+        path: format!("/api/v1/tenants/{nb}/events"),
         auth: format!("Bearer {token_b}"),
         topic: topics_b.events.clone(),
         ..Senders {
-            client: http.clone(),
-            url: String::new(),
+            conns: http.clone(),
+            path: String::new(),
             auth: String::new(),
             producer: producer.clone(),
             topic: String::new(),
@@ -383,6 +377,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let mut notes = Vec::new();
+    // The benchmark runs its own release hookline-api; the chart's debug one would only read the
+    // attempts topics of the end-to-end runs into its delivery log, at up to half a core.
+    let chart_api = cluster::scale_chart_api(&client, 0).await;
+    if let Some(was) = chart_api {
+        notes.push(format!(
+            "the chart's hookline-api scaled from {was} to 0 replicas during the benchmark"
+        ));
+    }
 
     eprintln!("warm-up (3 s of each system, not reported)");
     let warm = Duration::from_secs(3);
@@ -533,6 +535,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     println!("{text}");
     eprintln!("wrote {} and {}", json_path.display(), txt_path.display());
     drop(api);
+    if let Some(was) = chart_api {
+        cluster::scale_chart_api(&client, was).await;
+    }
     ta.delete().await;
     tb.delete().await;
     Ok(())

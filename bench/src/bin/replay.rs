@@ -768,7 +768,7 @@ async fn measure(
         // The chart's own hookline-api (a debug build) reads every tenant's attempts topic into
         // its delivery log: 200,000 replayed deliveries cost it about half a core, which this
         // measurement of the dispatcher should not pay. Scaled to 0 for the runs, then back.
-        let api_scale = scale_chart_api(client, 0).await;
+        let api_scale = cluster::scale_chart_api(client, 0).await;
         if let Some(was) = api_scale {
             notes.push(format!(
                 "the chart's hookline-api scaled from {was} to 0 replicas during the end-to-end runs"
@@ -813,7 +813,7 @@ async fn measure(
             }
         }
         if let Some(was) = api_scale {
-            scale_chart_api(client, was).await;
+            cluster::scale_chart_api(client, was).await;
         }
         d.stop(Duration::from_secs(30)).await;
     }
@@ -929,27 +929,4 @@ fn table(r: &Report) -> String {
         let _ = writeln!(t, "note: {n}");
     }
     t
-}
-
-/// Sets the replicas of the chart's `hookline-api` Deployment; answers what they were (`None`
-/// when there is none, or it cannot be scaled).
-async fn scale_chart_api(client: &kube::Client, replicas: i32) -> Option<i32> {
-    use k8s_openapi::api::apps::v1::Deployment;
-    let api = Api::<Deployment>::namespaced(client.clone(), "hookline-system");
-    let was = api
-        .get_opt("hookline-api")
-        .await
-        .ok()??
-        .spec?
-        .replicas
-        .unwrap_or(1);
-    api.patch_scale(
-        "hookline-api",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(json!({"spec": {"replicas": replicas}})),
-    )
-    .await
-    .ok()?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    Some(was)
 }
