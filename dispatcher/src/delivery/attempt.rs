@@ -166,20 +166,20 @@ impl Shared {
     }
 
     /// Writes the attempt record of `job`: best effort, except the one that ends a replayed
-    /// delivery, which the replay's count relies on: that one, and the delivery's done-marker in
-    /// the dedup topic (so a dispatcher that reads its retry record again skips it), are written
-    /// together and acknowledged before the job settles.
+    /// delivery, which the replay's count relies on: that one is acknowledged first, then the
+    /// delivery's done-marker in the dedup topic (so a dispatcher that reads its retry record
+    /// again skips it), both before the job settles. In that order: a crash between the two
+    /// delivers the event once more (the count takes each event once), whereas a marker without
+    /// its attempt record would keep the replay from ever counting that event.
     async fn record(&self, job: &Job, record: &AttemptRecord, ends: bool) {
         if !(ends && job.replay.is_some()) {
             self.writer.record_attempt(record);
             return;
         }
-        let marker = async {
-            if let Some(out) = self.done_marker(job) {
-                self.write(out).await;
-            }
-        };
-        tokio::join!(self.write(self.writer.attempt_out(record)), marker);
+        self.write(self.writer.attempt_out(record)).await;
+        if let Some(out) = self.done_marker(job) {
+            self.write(out).await;
+        }
     }
 
     /// The dedup-topic record remembering that a replayed delivery ended, when dedup is on.
@@ -333,15 +333,21 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
             timeout: settings.timeout,
         })
         .await;
+    let decision = settings
+        .policy
+        .decide(number, &result.outcome, &mut rand::rng());
+    // A receiver that answered 410 is disabled before the permit goes back: an attempt that
+    // takes the permit next sees it disabled and sends nothing (disabling after the attempt
+    // record's write let every permit send again meanwhile).
+    if matches!(decision, Decision::Gone) && endpoint.disable(Timestamp::now()) {
+        warn!(webhook = %endpoint.name, "receiver answered 410 Gone: Webhook disabled");
+    }
     drop(permit);
     let healthy = match classify(&result.outcome) {
         Verdict::Delivered | Verdict::Gone => true,
         Verdict::Retryable(f) | Verdict::Permanent(f) => !f.counts_against_circuit(),
     };
     endpoint.attempt_finished(Instant::now(), healthy);
-    let decision = settings
-        .policy
-        .decide(number, &result.outcome, &mut rand::rng());
     let status = result.status();
     let reason = match decision {
         Decision::Delivered => None,
@@ -413,9 +419,6 @@ async fn attempt(job: &Job, shared: &Shared) -> Done {
             Done::Finished
         }
         Decision::Gone => {
-            if endpoint.disable(Timestamp::now()) {
-                warn!(webhook = %endpoint.name, "receiver answered 410 Gone: Webhook disabled");
-            }
             shared
                 .bury(job, GONE, &result.message, number, status)
                 .await;
