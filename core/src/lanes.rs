@@ -28,6 +28,14 @@
 //! whose delivery never shows up (which needs a crash in the middle of a
 //! rebalance) stops blocking its lane [`STALE_AFTER`] past its due time.
 //!
+//! A crash can also leave *two copies* of one pending delivery in the retry
+//! topics: a copy read back and postponed again (or retried) is written anew
+//! before its own offset is committed. Each copy's due time is later than the
+//! one it replaced, so the pending set keeps the latest due per seq, and a
+//! copy that comes back with an earlier due than that is superseded: it is
+//! settled like a duplicate instead of starting a second chain of postponements
+//! that would deliver the event twice.
+//!
 //! # Caveats
 //! Order is per partition: a key that producers send to two partitions has
 //! two lanes. After a crash a delivery may be repeated (at least once), and
@@ -57,6 +65,20 @@ pub struct Place {
     pub epoch: u64,
 }
 
+/// Where a delivery offered to [`Lanes::admit`] was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The events topic, in order.
+    Events,
+    /// A retry topic: a failed or postponed delivery, due at `due_ms` (Unix ms) by its record.
+    Retry {
+        /// The due time its record carries.
+        due_ms: i64,
+    },
+    /// A retry topic, queued by a replay: never a copy of a pending delivery.
+    Replay,
+}
+
 /// What to do with a delivery offered to [`Lanes::admit`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admit<J> {
@@ -69,7 +91,8 @@ pub enum Admit<J> {
     /// attempt. It is recorded as pending already.
     Postpone(J, i64),
     /// The same delivery is already pending in the retry path (a record of
-    /// the events topic read again after a restart): settle it, do nothing.
+    /// the events topic read again after a restart, or a retry record that a
+    /// later copy superseded): settle it, do nothing.
     Duplicate,
 }
 
@@ -117,10 +140,16 @@ impl<J> Lanes<J> {
         self.partitions.remove(&partition);
     }
 
-    /// Records a delivery found pending in the retry path.
+    /// Records a delivery found pending in the retry path; of several copies of one delivery
+    /// the latest due counts.
     pub fn add_pending(&mut self, partition: i32, lane: LaneKey, seq: i64, due_ms: i64) {
         if let Some(p) = self.partitions.get_mut(&partition) {
-            p.pending.entry(lane).or_default().insert(seq, due_ms);
+            p.pending
+                .entry(lane)
+                .or_default()
+                .entry(seq)
+                .and_modify(|due| *due = (*due).max(due_ms))
+                .or_insert(due_ms);
         }
     }
 
@@ -145,9 +174,7 @@ impl<J> Lanes<J> {
             .filter(|p| p.epoch == epoch)
     }
 
-    /// Offers the delivery `job` at position `seq` of `lane`. `from_retry`
-    /// says it was read from a retry topic (else from the events topic, in
-    /// order).
+    /// Offers the delivery `job` at position `seq` of `lane`, read from `origin`.
     ///
     /// # Guarantees
     /// Within a lane, at most one delivery goes at a time, and none goes while
@@ -159,7 +186,7 @@ impl<J> Lanes<J> {
         lane: LaneKey,
         seq: i64,
         job: J,
-        from_retry: bool,
+        origin: Origin,
         now_ms: i64,
     ) -> Admit<J> {
         let Some(p) = self.tracked(place.partition, place.epoch) else {
@@ -168,10 +195,15 @@ impl<J> Lanes<J> {
         if let Some(pending) = p.pending.get_mut(&lane) {
             let stale = stale_before(now_ms);
             pending.retain(|_, due| *due >= stale);
-            if from_retry {
-                pending.remove(&seq);
-            } else if pending.contains_key(&seq) {
-                return Admit::Duplicate;
+            match origin {
+                Origin::Events if pending.contains_key(&seq) => return Admit::Duplicate,
+                Origin::Events => {}
+                Origin::Retry { due_ms } if pending.get(&seq).is_some_and(|d| *d > due_ms) => {
+                    return Admit::Duplicate;
+                }
+                Origin::Retry { .. } | Origin::Replay => {
+                    pending.remove(&seq);
+                }
             }
             let ahead = pending.range(..seq).map(|(_, due)| *due).max();
             if let Some(due) = ahead {
@@ -279,6 +311,10 @@ mod tests {
         Place { partition, epoch }
     }
 
+    fn retry(due_ms: i64) -> Origin {
+        Origin::Retry { due_ms }
+    }
+
     fn lanes() -> Lanes<&'static str> {
         let mut l = Lanes::new(100);
         l.assign(0, 1);
@@ -289,22 +325,22 @@ mod tests {
     fn a_free_lane_lets_the_delivery_go_and_later_ones_park_behind_it() {
         let mut l = lanes();
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 10, "e10", false, NOW),
+            l.admit(at(0, 1), lane("k"), 10, "e10", Origin::Events, NOW),
             Admit::Go("e10")
         );
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 11, "e11", false, NOW),
+            l.admit(at(0, 1), lane("k"), 11, "e11", Origin::Events, NOW),
             Admit::Parked
         );
         assert_eq!(
-            l.admit(at(0, 1), lane("j"), 12, "j12", false, NOW),
+            l.admit(at(0, 1), lane("j"), 12, "j12", Origin::Events, NOW),
             Admit::Go("j12")
         );
         assert_eq!(l.parked(), 1);
         assert_eq!(l.finish(0, 1, &lane("k"), 10), Some("e11"));
         assert_eq!(l.finish(0, 1, &lane("k"), 11), None);
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 13, "e13", false, NOW),
+            l.admit(at(0, 1), lane("k"), 13, "e13", Origin::Events, NOW),
             Admit::Go("e13")
         );
     }
@@ -313,15 +349,15 @@ mod tests {
     fn a_reschedule_postpones_what_was_parked_behind_it_in_order() {
         let mut l = lanes();
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 10, "e10", false, NOW),
+            l.admit(at(0, 1), lane("k"), 10, "e10", Origin::Events, NOW),
             Admit::Go("e10")
         );
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 11, "e11", false, NOW),
+            l.admit(at(0, 1), lane("k"), 11, "e11", Origin::Events, NOW),
             Admit::Parked
         );
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 12, "e12", false, NOW),
+            l.admit(at(0, 1), lane("k"), 12, "e12", Origin::Events, NOW),
             Admit::Parked
         );
         let back = l.reschedule(0, 1, &lane("k"), 10, NOW + 5_000);
@@ -330,7 +366,7 @@ mod tests {
         assert_eq!(l.parked(), 0);
         // A new event of the key goes behind the last pending one.
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 13, "e13", false, NOW),
+            l.admit(at(0, 1), lane("k"), 13, "e13", Origin::Events, NOW),
             Admit::Postpone("e13", NOW + 5_003)
         );
     }
@@ -342,15 +378,15 @@ mod tests {
         l.add_pending(0, lane("k"), 11, NOW + 200);
         // 11 comes back first (its tier was quicker): postponed behind 10.
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 11, "r11", true, NOW + 200),
+            l.admit(at(0, 1), lane("k"), 11, "r11", retry(NOW + 200), NOW + 200),
             Admit::Postpone("r11", NOW + 201)
         );
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 10, "r10", true, NOW + 201),
+            l.admit(at(0, 1), lane("k"), 10, "r10", retry(NOW + 100), NOW + 201),
             Admit::Go("r10")
         );
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 11, "r11", true, NOW + 202),
+            l.admit(at(0, 1), lane("k"), 11, "r11", retry(NOW + 201), NOW + 202),
             Admit::Parked
         );
         assert_eq!(l.finish(0, 1, &lane("k"), 10), Some("r11"));
@@ -363,8 +399,52 @@ mod tests {
         let mut l = lanes();
         l.add_pending(0, lane("k"), 10, NOW + 100);
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 10, "e10", false, NOW),
+            l.admit(at(0, 1), lane("k"), 10, "e10", Origin::Events, NOW),
             Admit::Duplicate
+        );
+    }
+
+    #[test]
+    fn of_two_copies_of_a_pending_delivery_left_by_a_crash_only_the_later_goes() {
+        let mut l = lanes();
+        // Seq 10 was postponed (due +100), read back and postponed again (due +300); the crash
+        // came before the first copy's offset was committed, so the scan finds both.
+        l.add_pending(0, lane("k"), 10, NOW + 300);
+        l.add_pending(0, lane("k"), 10, NOW + 100);
+        assert_eq!(
+            l.admit(
+                at(0, 1),
+                lane("k"),
+                10,
+                "old copy",
+                retry(NOW + 100),
+                NOW + 100
+            ),
+            Admit::Duplicate
+        );
+        assert_eq!(l.pending(), 1, "the later copy is still awaited");
+        assert_eq!(
+            l.admit(
+                at(0, 1),
+                lane("k"),
+                10,
+                "later copy",
+                retry(NOW + 300),
+                NOW + 300
+            ),
+            Admit::Go("later copy")
+        );
+        assert_eq!(l.finish(0, 1, &lane("k"), 10), None);
+        assert_eq!(l.pending(), 0);
+    }
+
+    #[test]
+    fn a_replay_of_a_pending_seq_is_never_taken_for_a_superseded_copy() {
+        let mut l = lanes();
+        l.add_pending(0, lane("k"), 10, NOW + 5_000);
+        assert_eq!(
+            l.admit(at(0, 1), lane("k"), 10, "replayed", Origin::Replay, NOW),
+            Admit::Go("replayed")
         );
     }
 
@@ -372,13 +452,14 @@ mod tests {
     fn a_dropped_pending_delivery_stops_blocking_its_lane() {
         let mut l = lanes();
         l.add_pending(0, lane("k"), 5, 1_000);
-        let Admit::Postpone(_, _) = l.admit(at(0, 1), lane("k"), 9, "later", true, 2_000) else {
+        let Admit::Postpone(_, _) = l.admit(at(0, 1), lane("k"), 9, "later", retry(1_500), 2_000)
+        else {
             panic!("held back behind seq 5");
         };
         l.forget_pending(0, 1, &lane("k"), 5);
         l.forget_pending(0, 1, &lane("k"), 9);
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 9, "later", true, 3_000),
+            l.admit(at(0, 1), lane("k"), 9, "later", retry(2_001), 3_000),
             Admit::Go("later")
         );
     }
@@ -389,7 +470,7 @@ mod tests {
         l.add_pending(0, lane("k"), 10, NOW);
         let later = NOW + i64::try_from(STALE_AFTER.as_millis()).unwrap() + 1;
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 11, "e11", false, later),
+            l.admit(at(0, 1), lane("k"), 11, "e11", Origin::Events, later),
             Admit::Go("e11")
         );
     }
@@ -398,15 +479,15 @@ mod tests {
     fn untracked_partitions_and_old_epochs_impose_nothing() {
         let mut l = lanes();
         assert_eq!(
-            l.admit(at(7, 1), lane("k"), 10, "a", false, NOW),
+            l.admit(at(7, 1), lane("k"), 10, "a", Origin::Events, NOW),
             Admit::Go("a")
         );
         assert_eq!(
-            l.admit(at(7, 1), lane("k"), 11, "b", false, NOW),
+            l.admit(at(7, 1), lane("k"), 11, "b", Origin::Events, NOW),
             Admit::Go("b")
         );
         assert_eq!(
-            l.admit(at(0, 9), lane("k"), 10, "c", false, NOW),
+            l.admit(at(0, 9), lane("k"), 10, "c", Origin::Events, NOW),
             Admit::Go("c")
         );
         l.assign(0, 2);
@@ -418,16 +499,16 @@ mod tests {
         let mut l = Lanes::new(1);
         l.assign(0, 1);
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 1, "a", false, NOW),
+            l.admit(at(0, 1), lane("k"), 1, "a", Origin::Events, NOW),
             Admit::Go("a")
         );
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 2, "b", false, NOW),
+            l.admit(at(0, 1), lane("k"), 2, "b", Origin::Events, NOW),
             Admit::Parked
         );
         let due = NOW + i64::try_from(FULL_POSTPONE.as_millis()).unwrap();
         assert_eq!(
-            l.admit(at(0, 1), lane("k"), 3, "c", false, NOW),
+            l.admit(at(0, 1), lane("k"), 3, "c", Origin::Events, NOW),
             Admit::Postpone("c", due)
         );
     }

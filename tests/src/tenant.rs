@@ -233,23 +233,25 @@ impl Tenant {
 
     /// GETs `path` from the tenant's dispatcher Pod (its Pod IP, port 9090); the raw response.
     ///
-    /// # Panics
-    /// When no dispatcher Pod has an IP or it cannot be reached.
-    pub async fn dispatcher_get(&self, path: &str) -> String {
+    /// # Errors
+    /// When no dispatcher Pod has an IP yet or its port does not answer (a process just
+    /// restarted has a PID some time before it listens).
+    pub async fn dispatcher_get(&self, path: &str) -> anyhow::Result<String> {
+        use anyhow::Context as _;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let ip = self
             .dispatcher_pods()
             .await
             .iter()
             .find_map(|p| p.status.as_ref()?.pod_ip.clone())
-            .expect("a dispatcher Pod with an IP");
+            .context("no dispatcher Pod with an IP")?;
         let mut s = tokio::net::TcpStream::connect((ip.as_str(), 9090))
             .await
-            .unwrap();
+            .with_context(|| format!("connecting to the dispatcher at {ip}:9090"))?;
         let req = format!("GET {path} HTTP/1.1\r\nhost: {ip}\r\nconnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
+        s.write_all(req.as_bytes()).await?;
         let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
+        s.read_to_string(&mut out).await?;
+        Ok(out)
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 /// `hookline_dispatcher_records_total{outcome="duplicate"}` of the tenant's dispatcher.
 async fn duplicates_counted(t: &Tenant) -> u64 {
-    let metrics = t.dispatcher_get("/metrics").await;
+    let metrics = t.dispatcher_get("/metrics").await.unwrap();
     metrics
         .lines()
         .filter(|l| {
@@ -77,7 +77,7 @@ async fn kill_and_wait_restart(t: &Tenant) {
         let pid = pods::pid(install::OPERATOR_NAMESPACE, &pod, "dispatcher");
         let ready = pid.is_some_and(|p| p != old && pods::alive(p))
             && t.dispatcher_get("/readyz")
-                .await
+                .await?
                 .starts_with("HTTP/1.1 200");
         Ok(ready.then_some(()))
     })

@@ -11,15 +11,19 @@
 //! requests; the dispatcher is killed twice. Checked: each time, as soon as an event produced
 //! after the kill is delivered, the group has exactly one member holding every events partition
 //! (before this change: two — the dead member kept its partitions for the 30 s session timeout);
-//! every event answered 2xx, per-key order of first arrivals, and few repeats (the goal, ≤ 1 %,
-//! is measured by `bench/src/bin/failover/`, 0.15 % with a release build; this debug build
-//! repeats more, 1.6 % when measured, and the bound here is looser so a loaded machine does not
-//! fail it).
+//! every event answered 2xx, per-key order of first arrivals, and that every repeat is one a
+//! kill explains: the event was produced before a kill and repeated after it (an event produced
+//! after the last kill, or repeated with no kill in between, is never delivered twice). How
+//! *many* repeats a kill causes is what was in flight or settled but not yet committed, which
+//! grows with the backlog, and so with how loaded the machine is; the goal, ≤ 1 %, is measured
+//! by `bench/src/bin/failover/` (0.15 % with a release build). Here the count has a loose bound
+//! that a restart from the group's start, or without the settled offsets above a held-back
+//! position, would break.
 
 use std::{
     collections::HashMap,
     sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use hookline_core::naming;
@@ -39,6 +43,10 @@ const KEYS: usize = 300;
 /// Produced every 50 ms: about 1,000 events/s.
 const BATCH: usize = 50;
 const KILLS: usize = 2;
+/// The loose bound on all repeats, in percent of the events: restarting from the stream's start
+/// (or from a position a retrying record holds back, without the settled offsets above it)
+/// repeats far more.
+const REPEATS_PERCENT: usize = 5;
 
 fn number(r: &Recorded) -> Option<usize> {
     r.header("webhook-id")?.strip_prefix("evt_")?.parse().ok()
@@ -90,6 +98,7 @@ async fn a_dispatcher_killed_twice_mid_stream_comes_back_as_the_same_member_and_
 
     let producer = kafka::producer(&t.env).unwrap();
     let produced = AtomicUsize::new(0);
+    let kill_times = std::sync::Mutex::new(Vec::new());
     let stream = async {
         for start in (0..EVENTS).step_by(BATCH) {
             let records = (start..start + BATCH).map(|i| {
@@ -117,6 +126,12 @@ async fn a_dispatcher_killed_twice_mid_stream_comes_back_as_the_same_member_and_
             .unwrap();
             let old = pid().expect("the dispatcher's pid file");
             assert!(alive(old));
+            // Events up to the batch being produced may be in Kafka before the kill.
+            let produced_by = produced.load(Ordering::SeqCst) + BATCH;
+            kill_times
+                .lock()
+                .unwrap()
+                .push((SystemTime::now(), produced_by));
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(old),
                 nix::sys::signal::Signal::SIGKILL,
@@ -181,11 +196,32 @@ async fn a_dispatcher_killed_twice_mid_stream_comes_back_as_the_same_member_and_
     let all = rx.requests("/fraud");
     let firsts = first_arrivals_in_key_order(&all, KEYS).unwrap();
     assert_eq!(firsts.len(), EVENTS, "no other ids");
-    let mut per_id: HashMap<usize, usize> = HashMap::new();
-    for n in all.iter().filter(|r| is_2xx(r)).filter_map(number) {
-        *per_id.entry(n).or_default() += 1;
+    let mut per_id: HashMap<usize, Vec<SystemTime>> = HashMap::new();
+    for r in all.iter().filter(|r| is_2xx(r)) {
+        if let Some(n) = number(r) {
+            per_id.entry(n).or_default().push(r.at);
+        }
     }
-    let repeats: usize = per_id.values().map(|n| n - 1).sum();
+    let kill_times = kill_times.into_inner().unwrap();
+    let (mut repeats, mut ages, mut unexplained) = (0, Vec::new(), Vec::new());
+    for (n, times) in &mut per_id {
+        times.sort();
+        for pair in times.windows(2) {
+            repeats += 1;
+            // A kill after the event was produced and before the repeat; how long before the
+            // kill the earlier 2xx came (zero: after it, both sent by the restarted process).
+            match kill_times
+                .iter()
+                .filter(|(at, produced_by)| *n < *produced_by && *at <= pair[1])
+                .map(|(at, _)| at.duration_since(pair[0]).unwrap_or_default())
+                .min()
+            {
+                Some(age) => ages.push(age),
+                None => unexplained.push(*n),
+            }
+        }
+    }
+    ages.sort();
     let first_attempt_repeats = {
         let mut firsts: HashMap<usize, usize> = HashMap::new();
         for r in all
@@ -199,12 +235,50 @@ async fn a_dispatcher_killed_twice_mid_stream_comes_back_as_the_same_member_and_
         firsts.values().filter(|c| **c > 1).count()
     };
     eprintln!(
-        "{} requests for {EVENTS} events, {repeats} repeats of delivered events ({:.2} %), {first_attempt_repeats} ids sent twice as attempt 1",
+        "{} requests for {EVENTS} events, {repeats} repeats of delivered events ({:.2} %), {first_attempt_repeats} ids sent twice as attempt 1; the earlier 2xx came before the kill by at most {:?} (median {:?})",
         all.len(),
-        100.0 * repeats as f64 / EVENTS as f64
+        100.0 * repeats as f64 / EVENTS as f64,
+        ages.last(),
+        ages.get(ages.len() / 2),
+    );
+    let history = |n: usize| -> Vec<String> {
+        let start = kill_times[0].0;
+        all.iter()
+            .filter(|r| number(r) == Some(n))
+            .map(|r| {
+                let ms = |t: SystemTime| match t.duration_since(start) {
+                    Ok(d) => d.as_millis() as i64,
+                    Err(e) => -(e.duration().as_millis() as i64),
+                };
+                format!(
+                    "{} ms after kill 1: attempt {} → {}",
+                    ms(r.at),
+                    r.header("hookline-attempt").unwrap_or("?"),
+                    r.status
+                )
+            })
+            .collect()
+    };
+    assert!(
+        unexplained.is_empty(),
+        "repeats no kill explains (produced after the last kill, or repeated before any kill came): {unexplained:?}; kills (ms after kill 1, events produced by then) at {:?}; the first ones' requests: {:#?}",
+        kill_times
+            .iter()
+            .map(|(at, produced_by)| (
+                at.duration_since(kill_times[0].0)
+                    .unwrap_or_default()
+                    .as_millis(),
+                produced_by
+            ))
+            .collect::<Vec<_>>(),
+        unexplained
+            .iter()
+            .take(5)
+            .map(|n| (n, history(*n)))
+            .collect::<Vec<_>>()
     );
     assert!(
-        repeats * 100 <= EVENTS * 3,
-        "{repeats} repeats of {EVENTS} delivered events after {KILLS} kills: more than 3 % (the goal is ≤ 1 %)"
+        repeats * 100 <= EVENTS * REPEATS_PERCENT,
+        "{repeats} repeats of {EVENTS} delivered events after {KILLS} kills: more than {REPEATS_PERCENT} % (the goal is ≤ 1 %)"
     );
 }

@@ -74,7 +74,7 @@ use tracing::{debug, info, warn};
 
 use hookline_core::dedup::Seen;
 use hookline_core::envelope::Limits;
-use hookline_core::lanes::{Admit, Lanes, Place};
+use hookline_core::lanes::{Admit, Lanes, Origin, Place};
 use hookline_core::ordering::SettledAbove;
 use hookline_core::status::Hold;
 
@@ -228,7 +228,7 @@ impl Pipeline {
     }
 
     /// Sends a job on its way: postponed, parked in its lane, or delivered.
-    fn route(&mut self, job: Job, from_retry: bool) {
+    fn route(&mut self, job: Job, origin: Origin) {
         let now = now_ms();
         let longest = self
             .wiring
@@ -259,7 +259,7 @@ impl Pipeline {
             epoch: job.source.epoch,
         };
         let (seq, source) = (job.seq, job.source.clone());
-        match self.lanes.admit(place, lane, seq, job, from_retry, now) {
+        match self.lanes.admit(place, lane, seq, job, origin, now) {
             Admit::Go(job) => self.spawn_delivery(job),
             Admit::Parked => {}
             Admit::Postpone(job, due) => self.spawn_postpone(job, due),
@@ -448,7 +448,7 @@ impl Pipeline {
         match fate {
             Fate::Jobs {
                 jobs,
-                from_retry,
+                origin,
                 remember,
             } => {
                 // Remembering the id is part of settling the record: its offset is committed
@@ -459,7 +459,7 @@ impl Pipeline {
                     self.spawn_forward(out, source.clone());
                 }
                 for job in jobs {
-                    self.route(job, from_retry);
+                    self.route(job, origin);
                 }
             }
             Fate::Dropped { lane, seq } => {

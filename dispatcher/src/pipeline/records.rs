@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicUsize;
 
 use hookline_core::dedup::{Check, Remembered, Seen, id_hash};
 use hookline_core::envelope::{self, Event, Limits};
+use hookline_core::lanes::Origin;
 use hookline_core::replay::{ReplayTag, done_hash};
 use hookline_core::retry_topics::{AttemptRecord, DUPLICATE, DeadLetter, RetryMeta, Step};
 use rdkafka::message::{Headers, Message, OwnedMessage};
@@ -52,8 +53,8 @@ pub enum Fate {
     Jobs {
         /// The jobs.
         jobs: Vec<Job>,
-        /// Whether they come from a retry topic.
-        from_retry: bool,
+        /// Where they were read (a retry record's due time tells a superseded copy).
+        origin: Origin,
         /// The dedup-topic record remembering the event's id, to write before the record is
         /// settled (a first sighting, with dedup on).
         remember: Option<Out>,
@@ -131,7 +132,7 @@ pub fn from_event(
                 }
                 return Fate::Jobs {
                     jobs: Vec::new(),
-                    from_retry: false,
+                    origin: Origin::Events,
                     remember: None,
                 };
             }
@@ -170,7 +171,7 @@ pub fn from_event(
         .collect();
     Fate::Jobs {
         jobs,
-        from_retry: false,
+        origin: Origin::Events,
         remember,
     }
 }
@@ -311,6 +312,13 @@ pub fn from_retry(
     } else {
         cx.shared.metrics.record("retry");
     }
+    let origin = if meta.replay.is_some() {
+        Origin::Replay
+    } else {
+        Origin::Retry {
+            due_ms: meta.due_ms,
+        }
+    };
     let payload = event.payload();
     let job = job(
         endpoint,
@@ -323,7 +331,7 @@ pub fn from_retry(
     );
     Fate::Jobs {
         jobs: vec![job],
-        from_retry: true,
+        origin,
         remember: None,
     }
 }

@@ -172,7 +172,7 @@ async fn events_that_arrive_while_paused_are_delivered_after_the_resume() {
     .unwrap();
     // The event was read and parked in the retry path (no attempt spent), not delivered.
     wait::until(WITHIN, "the paused event parked", || async {
-        let metrics = t.dispatcher_get("/metrics").await;
+        let metrics = t.dispatcher_get("/metrics").await?;
         let parked: f64 = metrics
             .lines()
             .filter(|l| {

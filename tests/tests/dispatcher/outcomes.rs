@@ -93,7 +93,7 @@ async fn an_event_reaches_the_receiver_signed_and_is_counted_in_the_status() {
         "account.opened is not subscribed to; the event behind it on its key came: {ids:?}"
     );
 
-    let metrics = t.dispatcher_get("/metrics").await;
+    let metrics = t.dispatcher_get("/metrics").await.unwrap();
     let want = format!(
         r#"hookline_dispatcher_deliveries_total{{namespace="{}",outcome="delivered",status_class="2xx",webhook="fraud"}} 2"#,
         t.ns.name
@@ -102,6 +102,7 @@ async fn an_event_reaches_the_receiver_signed_and_is_counted_in_the_status() {
     assert!(
         t.dispatcher_get("/readyz")
             .await
+            .unwrap()
             .starts_with("HTTP/1.1 200")
     );
 }
