@@ -244,9 +244,9 @@ async fn main() -> anyhow::Result<()> {
     tasks_stop.cancel();
     server_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    // A pipeline that died (a panic) exits non-zero so Kubernetes restarts the Pod; the
-    // offsets it did not commit are delivered again.
-    outcome.context("the pipeline task failed")?;
+    // A pipeline that died (a panic, or a Kafka client's fatal error) exits non-zero so
+    // Kubernetes restarts the container; the offsets it did not commit are delivered again.
+    outcome.context("the pipeline task failed")??;
     info!("stopped");
     Ok(())
 }

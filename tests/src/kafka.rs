@@ -174,6 +174,19 @@ pub async fn produce_many(
     Ok(())
 }
 
+/// A consumer in `group` that joins it as the static member `instance` (`group.instance.id`),
+/// as a dispatcher in the Pod of that name does.
+///
+/// # Errors
+/// When the client cannot be created.
+pub fn static_member(env: &Env, group: &str, instance: &str) -> anyhow::Result<StreamConsumer> {
+    Ok(base_config(env)
+        .set("group.id", group)
+        .set("group.instance.id", instance)
+        .set("enable.auto.commit", "false")
+        .create()?)
+}
+
 /// Reads `count` records of `topic` from the beginning, in a fresh consumer group.
 ///
 /// # Errors

@@ -36,6 +36,7 @@ use hookline_tests::{
     tenant::{Tenant, WITHIN},
     wait,
 };
+use rdkafka::consumer::Consumer as _;
 use serde_json::json;
 
 const EVENTS: usize = 6_000;
@@ -281,4 +282,74 @@ async fn a_dispatcher_killed_twice_mid_stream_comes_back_as_the_same_member_and_
         repeats * 100 <= EVENTS * REPEATS_PERCENT,
         "{repeats} repeats of {EVENTS} delivered events after {KILLS} kills: more than {REPEATS_PERCENT} % (the goal is ≤ 1 %)"
     );
+}
+
+/// A consumer joining the dispatcher's group as the same static member (what a second process
+/// with the Pod's name would do, or the dispatcher's own rejoin racing a commit after its
+/// group coordinator was lost, seen under load with three brokers) fences the dispatcher out:
+/// librdkafka reports that as a fatal error, after which its clients do nothing. The dispatcher
+/// exits non-zero, is restarted in its Pod, takes its membership back and delivers again.
+/// Before, it logged the fatal error and idled for ever, ready and consuming nothing.
+#[tokio::test]
+async fn a_dispatcher_fenced_out_of_its_group_exits_and_is_back_delivering() {
+    let _dump = LogDump::new();
+    let t = Tenant::create("fenced").await;
+    let rx = Receiver::start().await.unwrap();
+    rx.program("/fraud", Behavior::status(200));
+    t.webhook("fraud", &rx.url("/fraud"), &["transaction.*"], json!({}))
+        .await;
+    let pod = t.dispatcher_pods().await[0].metadata.name.clone().unwrap();
+    let pid = || pods::pid(install::OPERATOR_NAMESPACE, &pod, "dispatcher");
+    let topics = t.topics();
+    let delivered = |id: &'static str| {
+        let rx = &rx;
+        async move {
+            wait::until(WITHIN, &format!("{id} delivered"), || async {
+                Ok(rx
+                    .requests("/fraud")
+                    .iter()
+                    .any(|r| r.header("webhook-id") == Some(id))
+                    .then_some(()))
+            })
+            .await
+            .unwrap();
+        }
+    };
+    t.produce(
+        "card-1",
+        &event("evt_before", "transaction.approved", json!({})),
+    )
+    .await;
+    delivered("evt_before").await;
+    let old = pid().expect("the dispatcher's pid");
+
+    let intruder = kafka::static_member(&t.env, &naming::consumer_group(&t.ns.name), &pod).unwrap();
+    intruder.subscribe(&[topics.events.as_str()]).unwrap();
+    let intruder = std::sync::Arc::new(intruder);
+    let polling = tokio::spawn({
+        let intruder = intruder.clone();
+        async move {
+            loop {
+                // Joining happens while the consumer is polled; what it reads is not used.
+                let _ = intruder.recv().await;
+            }
+        }
+    });
+    let new = wait::until(
+        WITHIN,
+        "the fenced dispatcher exited and was restarted in its Pod",
+        || async { Ok(pid().filter(|p| *p != old && alive(*p))) },
+    )
+    .await
+    .unwrap();
+    polling.abort();
+    drop(intruder);
+    eprintln!("fenced: pid {old} → {new}");
+
+    t.produce(
+        "card-1",
+        &event("evt_after", "transaction.approved", json!({})),
+    )
+    .await;
+    delivered("evt_after").await;
 }

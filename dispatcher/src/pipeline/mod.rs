@@ -70,7 +70,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use hookline_core::dedup::Seen;
 use hookline_core::envelope::Limits;
@@ -108,6 +108,18 @@ pub const REVOKE_GRACE: Duration = Duration::from_secs(10);
 pub const LEAVE_WAIT: Duration = Duration::from_secs(3);
 /// How long it then lets librdkafka's thread send LeaveGroup before the process goes on to exit.
 const LEAVE_SEND: Duration = Duration::from_millis(300);
+/// A Kafka client of the pipeline failed for good (librdkafka's fatal error).
+#[derive(Debug, thiserror::Error)]
+#[error("fatal error of the Kafka {client}: {code}: {reason}")]
+pub struct FatalKafka {
+    /// `consumer` or `producer`.
+    pub client: &'static str,
+    /// librdkafka's error code.
+    pub code: String,
+    /// Its description.
+    pub reason: String,
+}
+
 /// How long the start-up scan of the retry topics may take.
 pub const SCAN_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -186,15 +198,21 @@ impl Pipeline {
 
     /// Runs until `stop`, then shuts down: stops consuming, lets running
     /// deliveries finish (or be scheduled) within the grace period, commits.
-    pub async fn run(mut self, stop: CancellationToken) {
+    ///
+    /// # Errors
+    /// When the consumer or the producer had a fatal error (librdkafka's clients are unusable
+    /// after one, e.g. a static member fenced by its own rejoin after its group coordinator was
+    /// lost): it shuts down the same way and says why, so that the process exits non-zero and is
+    /// restarted with fresh clients instead of idling for ever.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), FatalKafka> {
         let consumer = self.wiring.consumer.clone();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let fatal = loop {
             self.wiring.health.beat();
             let wake = self.next_wake();
             tokio::select! {
-                () = stop.cancelled() => break,
+                () = stop.cancelled() => break None,
                 Some(c) = self.wiring.completions.recv() => self.on_completion(c),
                 Some(r) = self.wiring.rebalances.recv() => self.on_rebalance(r),
                 Some(s) = self.scans.1.recv() => self.on_scan(s),
@@ -205,6 +223,9 @@ impl Pipeline {
                 }
                 msg = consumer.recv() => self.on_message(msg),
                 _ = tick.tick() => {
+                    if let Some(fatal) = self.fatal_error() {
+                        break Some(fatal);
+                    }
                     self.commit(CommitMode::Async);
                     self.finish_revoke(false);
                     self.check_backpressure();
@@ -212,8 +233,27 @@ impl Pipeline {
                 }
                 () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => self.drain_all(),
             }
+        };
+        if let Some(fatal) = &fatal {
+            error!(error = %fatal, "a Kafka client failed for good; stopping so that a new process starts with new clients");
         }
         self.shutdown().await;
+        fatal.map_or(Ok(()), Err)
+    }
+
+    /// The fatal error of the consumer or of the producer, if one had any.
+    fn fatal_error(&self) -> Option<FatalKafka> {
+        let consumer = self.wiring.consumer.client().fatal_error();
+        let producer = || self.wiring.shared.writer.producer.client().fatal_error();
+        let (client, (code, reason)) = match consumer {
+            Some(e) => ("consumer", e),
+            None => ("producer", producer()?),
+        };
+        Some(FatalKafka {
+            client,
+            code: format!("{code:?}"),
+            reason,
+        })
     }
 
     /// When the first held retry head becomes actionable; `None` while nothing
