@@ -118,6 +118,17 @@ pub fn producer(base: &Settings, max_record_bytes: usize) -> Settings {
     )
 }
 
+/// The producer a record goes through again after the broker refused its batch as too large
+/// or invalid ([`producer`] with `batch.num.messages=1`, no linger): Kafka judges a batch, not
+/// a record, and librdkafka does not split a refused batch (the Java producer does), so a small
+/// record that shared a batch with one the topic refuses is refused with it. Alone, a record
+/// is refused only for what it is.
+pub fn solo_producer(base: &Settings, max_record_bytes: usize) -> Settings {
+    let mut out = producer(base, max_record_bytes);
+    out.extend(pairs(&[("batch.num.messages", "1"), ("linger.ms", "0")]));
+    out
+}
+
 /// A group-less reader of the retry topics, used once per assignment to find the retries
 /// still pending.
 pub fn scanner(base: &Settings, group: &str) -> Settings {
@@ -264,6 +275,38 @@ mod tests {
         assert!(limit > 1_000_000, "above librdkafka's default");
         assert_eq!(max_message_bytes(0), RECORD_HEADROOM_BYTES);
         assert_eq!(max_message_bytes(usize::MAX), 1_000_000_000);
+    }
+
+    #[test]
+    fn the_solo_producer_sends_each_record_alone_with_the_producers_guarantees() {
+        let env = [
+            ("HOOKLINE_KAFKA_BATCH_NUM_MESSAGES", "500"),
+            ("HOOKLINE_KAFKA_LINGER_MS", "200"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let base = base("k:9092", env.into_iter());
+        let max = crate::envelope::DEFAULT_MAX_RECORD_BYTES;
+        let s = solo_producer(&base, max);
+        assert_eq!(
+            get(&s, "batch.num.messages"),
+            Some("1"),
+            "the platform's setting yields"
+        );
+        assert_eq!(get(&s, "linger.ms"), Some("0"));
+        let p = producer(&base, max);
+        assert_eq!(
+            get(&p, "linger.ms"),
+            Some("200"),
+            "the main producer takes it"
+        );
+        for key in [
+            "acks",
+            "enable.idempotence",
+            "message.max.bytes",
+            "bootstrap.servers",
+        ] {
+            assert_eq!(get(&s, key), get(&p, key), "{key}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use hookline_dispatcher::delivery::attempt::Shared;
 use hookline_dispatcher::delivery::client::Deliverer;
 use hookline_dispatcher::delivery::test_send::test_send;
 use hookline_dispatcher::kafka::consumer;
-use hookline_dispatcher::kafka::writer::Writer;
+use hookline_dispatcher::kafka::writer::{Solo, Writer};
 use hookline_dispatcher::ops::config::{self, Config};
 use hookline_dispatcher::ops::health::{self, Health};
 use hookline_dispatcher::ops::metrics::Metrics;
@@ -208,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
             dead_letter_topic: config.dead_letter_topic.clone(),
             attempts_topic: config.attempts_topic.clone(),
             dedup_topic: config.dedup_topic.clone(),
+            solo: Solo::new(config::solo_producer_config(&config)),
         },
         deliverer,
         metrics,

@@ -37,6 +37,7 @@ pub fn spawn(
     binary: &Path,
     args: &[String],
     log_level: &str,
+    vars: &[(&str, &str)],
     log: &Path,
     dump: &mut LogDump,
 ) -> anyhow::Result<Child> {
@@ -52,6 +53,7 @@ pub fn spawn(
     Command::new(binary)
         .env("KUBECONFIG", &env.kubeconfig)
         .env("RUST_LOG", log_level)
+        .envs(vars.iter().copied())
         .args(args)
         .stdout(Stdio::from(std::fs::File::create(log)?))
         .stderr(Stdio::from(std::fs::File::create(err)?))
@@ -141,7 +143,7 @@ impl Dispatcher {
         let log = std::env::temp_dir().join(format!("{namespace}-dispatcher.log"));
         let mut args = topics.args(namespace, env, &listen).to_args();
         args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let child = spawn(env, &binary(), &args, "info", &log, dump)?;
+        let child = spawn(env, &binary(), &args, "info", &[], &log, dump)?;
         Ok(Dispatcher { child, listen })
     }
 }

@@ -97,7 +97,14 @@ fn binary() -> PathBuf {
     std::env::var_os("HOOKLINE_TEST_DISPATCHER_BIN").map_or_else(dispatcher::binary, Into::into)
 }
 
-fn start(env: &Env, ns: &str, topics: &Topics, dump: &mut LogDump) -> OwnDispatcher {
+/// Starts the test's own dispatcher with the process environment's `vars` added.
+fn start(
+    env: &Env,
+    ns: &str,
+    topics: &Topics,
+    vars: &[(&str, &str)],
+    dump: &mut LogDump,
+) -> OwnDispatcher {
     let listen = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -106,7 +113,7 @@ fn start(env: &Env, ns: &str, topics: &Topics, dump: &mut LogDump) -> OwnDispatc
     let mut args = topics.own.args(ns, env, &listen).to_args();
     args.push("--allow-cidr=127.0.0.0/8".to_owned());
     let log = std::env::temp_dir().join(format!("{ns}-dispatcher.log"));
-    let child = dispatcher::spawn(env, &binary(), &args, "info", &log, dump).unwrap();
+    let child = dispatcher::spawn(env, &binary(), &args, "info", vars, &log, dump).unwrap();
     OwnDispatcher { child, listen }
 }
 
@@ -211,7 +218,7 @@ async fn an_event_just_under_the_bound_is_retried_through_topics_made_as_the_con
     // broker's default (1 MiB and a few bytes).
     let limit = hookline_core::kafka::max_message_bytes(DEFAULT_MAX_RECORD_BYTES);
     let t = topics(&env, "oversize-fit", limit, None).await;
-    let d = start(&env, &ns.name, &t, &mut dump);
+    let d = start(&env, &ns.name, &t, &[], &mut dump);
 
     // Over librdkafka's default message.max.bytes (1,000,000), within the 1 MiB bound.
     let value = sized_event("evt_near_bound", 1_040_000);
@@ -255,7 +262,7 @@ async fn a_write_kafka_refuses_for_good_is_dead_lettered_as_a_reference_and_the_
     .await;
     // Retry and dead-letter topics that take 256 KiB; an events topic that takes 4 MB.
     let t = topics(&env, "oversize", 256 * 1024, Some(4_000_000)).await;
-    let d = start(&env, &ns.name, &t, &mut dump);
+    let d = start(&env, &ns.name, &t, &[], &mut dump);
     let producer = big_producer(&env);
     let events_topic = t.own.events.clone();
 
@@ -391,4 +398,88 @@ async fn a_write_kafka_refuses_for_good_is_dead_lettered_as_a_reference_and_the_
     .await
     .unwrap();
     assert!(o_after > o_huge && o_huge > o_big);
+}
+
+/// Kafka refuses a batch, not a record, and librdkafka does not split a refused batch: a small
+/// dead letter that shares a batch with one too large for the topic is refused with it. The
+/// dispatcher's producer lingers a second here (`HOOKLINE_KAFKA_LINGER_MS`), so the dead
+/// letters of two events rejected together share a batch every time; under CPU load it happens
+/// by chance (a dead-letter reference, itself small, was refused with another event's too
+/// large dead letter, and that event was then nowhere but at its original offset). Before the
+/// fix the small event's dead letter was replaced by a reference without the event.
+#[tokio::test]
+async fn a_dead_letter_refused_only_for_a_batch_mate_is_written_whole() {
+    let mut dump = LogDump::new();
+    let env = Env::get().unwrap();
+    let rx = Receiver::start().await.unwrap();
+    rx.program("/reject", Behavior::status(400));
+    let ns = namespace(&env, "batchmate", &rx, &[("reject", "/reject")]).await;
+    // Dead letters up to 256 KiB; events up to 4 MB.
+    let t = topics(&env, "batchmate", 256 * 1024, Some(4_000_000)).await;
+    let d = start(
+        &env,
+        &ns.name,
+        &t,
+        &[("HOOKLINE_KAFKA_LINGER_MS", "1000")],
+        &mut dump,
+    );
+    let producer = big_producer(&env);
+    let big = sized_event("evt_big", 300_000);
+    let small = events::event("evt_small", "a.b", json!({"n": 1}));
+    let (big_at, small_at) = tokio::join!(
+        kafka::produce(&producer, &t.own.events, Some("k-big"), &big, &[]),
+        kafka::produce(&producer, &t.own.events, Some("k-small"), &small, &[]),
+    );
+    let (big_at, small_at) = (big_at.unwrap(), small_at.unwrap());
+    rx.wait_for("/reject", 2, WITHIN).await.unwrap();
+
+    let dead = kafka::consume(&env, &t.own.dead_letter, 2, WITHIN)
+        .await
+        .unwrap();
+    // Each keeps its event's key.
+    let of = |key: &str| {
+        dead.iter()
+            .find(|r| r.key.as_deref() == Some(key.as_bytes()))
+            .unwrap_or_else(|| panic!("a dead letter of {key} in {dead:#?}"))
+    };
+    let whole = of("k-small");
+    assert_eq!(
+        whole.header("hookline-reason"),
+        Some("http_4xx"),
+        "the small event's own dead letter, not a reference: {whole:#?}"
+    );
+    let value = whole.value.as_deref().unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(value).contains("evt_small"),
+        "the dead letter carries the event: {whole:#?}"
+    );
+    let reference = of("k-big");
+    assert_eq!(
+        reference.header("hookline-reason"),
+        Some("record_too_large")
+    );
+    assert_eq!(
+        reference.header("hookline-original-offset"),
+        Some(big_at.1.to_string().as_str())
+    );
+    assert!(small_at.1 != big_at.1);
+
+    // Only the big one counts as refused.
+    wait::until(WITHIN, "the refusal counted", || async {
+        let m = http_get(&d.listen, "/metrics")?;
+        let refused = sample(&m, "hookline_dispatcher_writes_refused_total", &[]);
+        let referred = sample(
+            &m,
+            "hookline_dispatcher_dead_letters_total",
+            &[r#"reason="record_too_large""#],
+        );
+        anyhow::ensure!(
+            (refused, referred) == (1.0, 1.0),
+            "(refused, references dead-lettered) = {:?}",
+            (refused, referred)
+        );
+        Ok(Some(()))
+    })
+    .await
+    .unwrap();
 }

@@ -81,7 +81,7 @@ impl OwnController {
         ];
         args.extend_from_slice(extra);
         let binary = dispatcher::debug_binary("hookline-controller");
-        let child = dispatcher::spawn(env, &binary, &args, "info,kube=warn", &log, dump)?;
+        let child = dispatcher::spawn(env, &binary, &args, "info,kube=warn", &[], &log, dump)?;
         Ok(OwnController { child })
     }
 }

@@ -13,7 +13,12 @@
 //! that only refers to its event ([`Writer::reference`],
 //! [`hookline_core::retry_topics::reference`]) rather than retried forever, which would stall
 //! its partition: the event stays readable at its original offset while the topic keeps it.
+//! Kafka refuses a whole batch, and librdkafka does not split it, so a refused record is sent
+//! once more alone ([`Solo`]) before it counts as refused: a small record that shared a batch
+//! with one too large for the topic goes through (seen under CPU load: the dead-letter
+//! reference of one event refused with another event's too-large dead letter).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,9 +28,10 @@ use hookline_core::retry_topics::{
     self, AttemptRecord, DeadLetter, RetryMeta, Tiers, headers, refused,
 };
 use jiff::Timestamp;
+use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tracing::{debug, warn};
 
 /// A record to write, owned so that it can be retried.
@@ -58,6 +64,32 @@ pub struct Writer {
     pub attempts_topic: String,
     /// The dedup topic, when duplicates are suppressed.
     pub dedup_topic: Option<String>,
+    /// The producer of records sent alone.
+    pub solo: Solo,
+}
+
+/// A producer that sends every record in a batch of its own
+/// ([`hookline_core::kafka::solo_producer`]), made when a record first needs it.
+pub struct Solo {
+    config: ClientConfig,
+    producer: OnceLock<Result<FutureProducer, String>>,
+}
+
+impl Solo {
+    /// A producer with `config`, not made yet.
+    pub fn new(config: ClientConfig) -> Self {
+        Self {
+            config,
+            producer: OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> Result<&FutureProducer, String> {
+        self.producer
+            .get_or_init(|| self.config.create().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
 }
 
 fn header_bytes(headers: Vec<(&'static str, String)>) -> Vec<(String, Vec<u8>)> {
@@ -151,12 +183,17 @@ impl Writer {
     /// Writes `out` and waits for Kafka's acknowledgement, retrying with backoff until it comes
     /// (the caller is aborted at the end of shutdown) — unless Kafka refuses it for good.
     ///
+    /// A record Kafka refuses ([`permanent`]) is sent once more alone ([`Solo`]): the refusal
+    /// may have been for another record of its batch.
+    ///
     /// # Errors
-    /// [`Refused`] when no retry can help ([`permanent`]); the caller writes a [`Reference`]
-    /// instead.
+    /// [`Refused`] when no retry can help: Kafka refused the record alone too, or the producer
+    /// for that cannot be made or failed for good; the caller writes a [`Reference`] instead.
     pub async fn write(&self, out: &Out) -> Result<(), Refused> {
         let mut backoff = Duration::from_millis(200);
         let mut partition = out.partition;
+        // Set once the record's batch was refused: what Kafka said then.
+        let mut batch_refused: Option<Refused> = None;
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
             for (k, v) in &out.headers {
@@ -177,7 +214,14 @@ impl Writer {
             if let Some(ts) = out.timestamp {
                 record = record.timestamp(ts);
             }
-            match self.producer.send(record, Duration::from_secs(30)).await {
+            let producer = match &batch_refused {
+                None => &self.producer,
+                Some(first) => match self.solo.get() {
+                    Ok(p) if p.client().fatal_error().is_none() => p,
+                    Ok(_) | Err(_) => return Err(first.clone()),
+                },
+            };
+            match producer.send(record, Duration::from_secs(30)).await {
                 Ok(_) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), _))
                     if partition.is_some() =>
@@ -187,10 +231,16 @@ impl Writer {
                 }
                 Err((e, _)) => {
                     if let Some(reason) = permanent(&e) {
-                        return Err(Refused {
+                        let refused = Refused {
                             reason,
                             error: e.to_string(),
-                        });
+                        };
+                        if batch_refused.is_some() {
+                            return Err(refused);
+                        }
+                        debug!(topic = %out.topic, size = out.size(), error = %e, "Kafka refused the record's batch; sending the record alone");
+                        batch_refused = Some(refused);
+                        continue;
                     }
                     warn!(topic = %out.topic, error = %e, "writing to Kafka failed; retrying");
                     tokio::time::sleep(backoff).await;

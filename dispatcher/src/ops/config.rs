@@ -37,6 +37,11 @@ pub fn producer_config(config: &Config) -> ClientConfig {
     client_config(kafka::producer(&base(config), config.max_record_bytes))
 }
 
+/// The producer of records sent alone after their batch was refused ([`kafka::solo_producer`]).
+pub fn solo_producer_config(config: &Config) -> ClientConfig {
+    client_config(kafka::solo_producer(&base(config), config.max_record_bytes))
+}
+
 /// The group-less reader of the retry topics ([`kafka::scanner`]).
 pub fn scanner_config(config: &Config) -> ClientConfig {
     client_config(kafka::scanner(&base(config), &config.consumer_group))
@@ -58,6 +63,10 @@ mod tests {
         assert_eq!(consumer.get("group.id"), Some("hookline-dispatcher.acme"));
         assert_eq!(consumer.get("bootstrap.servers"), Some("k:9092"));
         assert_eq!(producer_config(&c).get("acks"), Some("all"));
+        assert_eq!(
+            solo_producer_config(&c).get("batch.num.messages"),
+            Some("1")
+        );
         assert_eq!(
             scanner_config(&c).get("group.id"),
             Some("hookline-dispatcher.acme.scan")
