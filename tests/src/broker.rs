@@ -145,9 +145,41 @@ impl Broker {
         }
     }
 
-    /// SIGSTOP: the broker stops answering, its connections stay open.
-    pub fn freeze(&self) {
+    /// SIGSTOP: the broker stops answering, its connections stay open. Returns once every
+    /// thread of the broker is stopped: a signal takes effect when a thread next runs, which
+    /// on a loaded machine is not at once.
+    ///
+    /// # Errors
+    /// When the broker is not running, or not all its threads stop within 10 s.
+    pub async fn freeze(&mut self) -> anyhow::Result<()> {
+        if let Some(c) = &mut self.child
+            && let Some(status) = c.try_wait()?
+        {
+            anyhow::bail!("the private broker is not running to be frozen: it exited ({status})");
+        }
         self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let pid = self.child.as_ref().map(Child::id).context("no broker")?;
+        let mut states = String::new();
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < end {
+            states = thread_states(pid);
+            if !states.is_empty() && states.chars().all(|s| s == 'T') {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!(
+            "the private broker (pid {pid}) did not stop: its threads are in states {states:?}"
+        )
+    }
+
+    /// The scheduler state of each of the broker's threads (`R`, `S`, `D`, `T`, …), or `""`
+    /// when it is not running.
+    pub fn states(&self) -> String {
+        self.child
+            .as_ref()
+            .map(|c| thread_states(c.id()))
+            .unwrap_or_default()
     }
 
     /// SIGCONT after [`Broker::freeze`].
@@ -172,6 +204,21 @@ impl Broker {
             );
         }
     }
+}
+
+/// The state letter of every thread of `pid` (`/proc/<pid>/task/*/stat`, the field after the
+/// command name), in no particular order; `""` when there is no such process.
+fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.trim_start().chars().next()
+        })
+        .collect()
 }
 
 impl Drop for Broker {

@@ -478,10 +478,14 @@ async fn while_kafka_is_down_nothing_gets_a_202_and_every_202_before_and_after_i
     }
 
     // Frozen: every POST is a 503 with Retry-After within the bound, none a 202.
-    broker.freeze();
+    broker.freeze().await.unwrap();
     let down = futures::future::join_all((0..5).map(|i| post(format!("evt_down_{i}")))).await;
-    for (status, retry_after, took) in down {
-        assert_eq!(status, 503);
+    let states = broker.states();
+    for (i, (status, retry_after, took)) in down.into_iter().enumerate() {
+        assert_eq!(
+            status, 503,
+            "evt_down_{i} answered after {took:?} while the broker's threads were in states {states:?}"
+        );
         assert!(retry_after);
         // The bound is the publish timeout (3 s); the slack is for a loaded 2-core machine.
         assert!(took < Duration::from_secs(12), "answered after {took:?}");
