@@ -1,6 +1,7 @@
 //! The pod runner stands in for a kubelet: a Deployment made by the real Deployment and
 //! ReplicaSet controllers becomes local processes with Ready Pods, a killed process is
-//! restarted, and deleting the Deployment ends its processes.
+//! restarted, and deleting the Deployment ends its processes. A container over its
+//! `resources.limits.memory` is OOM-killed and reported as the kubelet reports it.
 
 use std::time::Duration;
 
@@ -9,7 +10,10 @@ use hookline_tests::{
     pods::{self, alive, is_ready},
     wait,
 };
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ContainerStatus, Pod},
+};
 use kube::{
     Api,
     api::{DeleteParams, ListParams, PostParams},
@@ -146,4 +150,107 @@ async fn deployment_replicas_run_as_local_processes_restart_when_killed_and_end_
     )
     .await
     .unwrap();
+}
+
+/// A `python3 -c` command that allocates and touches `mib` MiB, then sleeps.
+fn allocate_and_sleep(mib: u32) -> serde_json::Value {
+    let code = format!(
+        "import time; b = b'\\x01' * ({mib} << 20); print('allocated {mib} MiB', flush=True); time.sleep(3600)"
+    );
+    json!(["python3", "-c", code])
+}
+
+/// Whether `state` is `terminated` with reason `OOMKilled` and exit code 137.
+fn oom_killed(state: Option<&k8s_openapi::api::core::v1::ContainerState>) -> bool {
+    state
+        .and_then(|s| s.terminated.as_ref())
+        .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled") && t.exit_code == 137)
+}
+
+#[tokio::test]
+async fn a_container_over_its_memory_limit_is_oom_killed_and_one_within_keeps_running() {
+    let _dump = LogDump::new();
+    let env = Env::get().unwrap();
+    let client = env.client().await.unwrap();
+    let ns = TestNamespace::create(&env, &client, "oom").await.unwrap();
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "mem"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "mem"}},
+            "template": {
+                "metadata": {"labels": {"app": "mem"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": "hog",
+                        "image": "hookline.test/python:3",
+                        "command": allocate_and_sleep(256),
+                        "resources": {"limits": {"memory": "64Mi"}}
+                    }, {
+                        "name": "calm",
+                        "image": "hookline.test/python:3",
+                        "command": allocate_and_sleep(32),
+                        "resources": {"limits": {"memory": "256Mi"}}
+                    }]
+                }
+            }
+        }
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+
+    let status_of = |pod: &Pod, name: &str| -> Option<ContainerStatus> {
+        pod.status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
+    };
+    let (pod, hog) = wait::until(
+        Duration::from_secs(60),
+        "container hog OOMKilled (exit code 137) and restarted",
+        || async {
+            let list = pods.list(&ListParams::default()).await?;
+            let Some(pod) = list.items.into_iter().next() else {
+                return Ok(None);
+            };
+            let Some(hog) = status_of(&pod, "hog") else {
+                return Ok(None);
+            };
+            let killed = oom_killed(hog.last_state.as_ref()) || oom_killed(hog.state.as_ref());
+            Ok((killed && hog.restart_count >= 1).then_some((pod, hog)))
+        },
+    )
+    .await
+    .unwrap();
+
+    let name = pod.metadata.name.clone().unwrap();
+    let calm = status_of(&pod, "calm").unwrap();
+    assert_eq!(
+        calm.restart_count, 0,
+        "calm restarted: {calm:?} (hog: {hog:?})"
+    );
+    assert!(
+        calm.state.as_ref().is_some_and(|s| s.running.is_some()),
+        "calm is not running: {calm:?}"
+    );
+    assert!(
+        calm.last_state
+            .as_ref()
+            .is_none_or(|s| s.terminated.is_none()),
+        "calm was terminated once: {calm:?}"
+    );
+    assert!(
+        pods::pid(&ns.name, &name, "calm").is_some_and(alive),
+        "calm's process is gone"
+    );
 }

@@ -5,7 +5,8 @@
 //! ([`crate::volumes`]), starts the process, runs its startup, readiness and liveness probes,
 //! and restarts it per `restartPolicy` with kubelet-like backoff. Every change of its
 //! [`ContainerRecord`] goes to the pod task, which writes the Pod status. A stop request (with
-//! a grace period) ends the process with SIGTERM, then SIGKILL.
+//! a grace period) ends the process with SIGTERM, then SIGKILL. A container with a memory limit
+//! runs under a [`memory::Guard`]; killed for its limit, it terminates with `OOMKilled`.
 
 use std::{path::PathBuf, process::ExitStatus, sync::Arc, time::Duration};
 
@@ -23,6 +24,7 @@ use crate::{
     env::{self, Downward},
     expand::expand_with,
     image::{self, ImageRule},
+    memory::{self, Guard, Limit},
     pod::PodView,
     probe::{self, ProbeSpec, Prober, Tracker},
     process,
@@ -182,6 +184,10 @@ impl ContainerTask {
             self.grace_on_stop().await;
             return;
         }
+        let limit = memory::container_limit(&self.spec).unwrap_or_else(|msg| {
+            tracing::warn!(pod = %self.view.key, container = %self.spec.name, %msg, "running without a memory limit");
+            None
+        });
         let mut backoff = Backoff::new(self.ctx.backoff);
         let mut first = true;
         while self.stopping().is_none() {
@@ -206,7 +212,13 @@ impl ContainerTask {
             // `$(VAR)` in command and args expands to the spec's values; the process gets
             // them with mount paths rewritten.
             let process_env = volumes::rewrite_env(env.clone(), &self.view.base_env, self.mounts());
-            let (status, ended) = match self.start(&image, &rule, &env, &process_env) {
+            let (status, ended) = match self.start(
+                &image,
+                &rule,
+                &env,
+                &process_env,
+                limit.as_ref(),
+            ) {
                 Err(msg) => {
                     let state = State::Terminated {
                         exit_code: 128,
@@ -219,18 +231,28 @@ impl ContainerTask {
                     };
                     (state, Ended::Exited)
                 }
-                Ok(mut child) => {
+                Ok((mut child, guard)) => {
                     let pid = child.id().unwrap_or_default();
                     let (result, ended) = self
                         .supervise(&mut child, pid, &process_env, &rule, started)
                         .await;
                     process::signal_group(pid, Signal::SIGKILL);
                     process::remove_pid(&self.file("pid"));
+                    let oom = match guard {
+                        Some(guard) => guard.finish().await,
+                        None => false,
+                    };
                     let (exit_code, signal) = match result {
                         Ok(s) => process::exit_info(s),
                         Err(_) => (-1, None),
                     };
+                    if let (true, Some(limit)) = (oom, &limit) {
+                        tracing::warn!(pod = %self.view.key, container = %self.spec.name, limit = %limit.quantity, limit_bytes = limit.bytes, pid, exit_code, "container OOM-killed");
+                    }
+                    // As the kubelet: the reason says OOMKilled, the exit code is the process's
+                    // own (137 when killed; v1 kills the cgroup's biggest process, maybe a child).
                     let (reason, message) = match &ended {
+                        _ if oom => (memory::REASON_OOM_KILLED, None),
                         Ended::ProbeKilled(m) => ("Error", Some(m.clone())),
                         _ if exit_code == 0 => ("Completed", None),
                         _ => ("Error", None),
@@ -291,14 +313,16 @@ impl ContainerTask {
     }
 
     /// Expands the command line against `env`, rewrites mount paths in it and starts the
-    /// process with `process_env`; `Err` is a `StartError` message.
+    /// process with `process_env`, held to `limit` when there is one; `Err` is a `StartError`
+    /// message.
     fn start(
         &mut self,
         image: &str,
         rule: &ImageRule,
         env: &[(String, String)],
         process_env: &[(String, String)],
-    ) -> Result<Child, String> {
+        limit: Option<&Limit>,
+    ) -> Result<(Child, Option<Guard>), String> {
         let expand_all = |v: &Option<Vec<String>>| {
             v.iter()
                 .flatten()
@@ -331,11 +355,18 @@ impl ContainerTask {
         let child = process::spawn(&inv, process_env, &workdir, &self.file("log"), &marker)
             .map_err(|e| e.to_string())?;
         let pid = child.id().unwrap_or_default();
+        // First thing after the spawn: what the process touches before it joins its cgroup
+        // stays charged to the runner's (see `memory`; a few MB at most).
+        let guard = limit.map(|limit| {
+            let uid = self.view.pod.metadata.uid.as_deref().unwrap_or_default();
+            let name = format!("{uid}-{}-{}", self.spec.name, self.record.restart_count);
+            self.ctx.memory.attach(&name, pid, limit)
+        });
         if let Err(e) = process::write_pid(&self.file("pid"), pid) {
             tracing::warn!(error = %e, "cannot write pid file");
         }
         tracing::info!(pod = %self.view.key, container = %self.spec.name, pid, program = %inv.program.display(), "process started");
-        Ok(child)
+        Ok((child, guard))
     }
 
     fn probe(&self, probe: Option<&Probe>, rule: &ImageRule) -> Option<ProbeSpec> {

@@ -1,9 +1,9 @@
 //! `hookline-podrunner`: a stand-in for a kubelet on a machine without containers. It
 //! registers a Node, binds the Pods whose images and volumes it can run to that Node, and
 //! runs each container as a local process with the Pod's command, args, env, `emptyDir`
-//! volumes and ServiceAccount identity, reporting status, readiness and restarts back to the
-//! apiserver — so the real Deployment and ReplicaSet controllers can be tested. See the
-//! README for the flags.
+//! volumes, ServiceAccount identity and memory limit ([`memory`]), reporting status,
+//! readiness and restarts back to the apiserver — so the real Deployment and ReplicaSet
+//! controllers can be tested. See the README for the flags.
 
 mod backoff;
 mod container;
@@ -13,6 +13,7 @@ mod expand;
 mod identity;
 mod image;
 mod ipalloc;
+mod memory;
 mod node;
 mod pod;
 mod probe;
@@ -142,6 +143,9 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(killed, "stopped processes left from a previous run");
     }
 
+    // After the leftover processes: the cgroups of a previous run are emptied and removed.
+    let memory = memory::Enforcer::detect(&state_dir).await;
+
     let facts = NodeFacts::gather(&args.node_name, args.max_pods);
     let ready_since = status::now();
     let uid = register_node(&client, &facts, ready_since).await?;
@@ -174,8 +178,9 @@ async fn main() -> anyhow::Result<()> {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
         }),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        memory,
     });
-    let mut runner = tokio::spawn(runner::Runner::new(ctx).run(shutdown.clone()));
+    let mut runner = tokio::spawn(runner::Runner::new(ctx.clone()).run(shutdown.clone()));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -190,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
     }
     shutdown.cancel();
     runner.await?;
+    ctx.memory.release();
     heartbeats.await?;
     tracing::info!("all pod processes stopped; bye");
     Ok(())

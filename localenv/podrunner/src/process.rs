@@ -165,6 +165,24 @@ fn is_recorded_group_leader(pid: u32, written: Option<u64>) -> bool {
     stat.state != 'Z' && stat.pgrp == pid && started_before_file
 }
 
+/// The live (non-zombie) processes of process group `pgid`, from `/proc/*/stat`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .as_deref()
+                .and_then(parse_stat)
+                .is_some_and(|s| s.pgrp == pgid && s.state != 'Z')
+        })
+        .collect()
+}
+
 fn mtime_secs(path: &Path) -> Option<u64> {
     let modified = std::fs::metadata(path).ok()?.modified().ok()?;
     Some(

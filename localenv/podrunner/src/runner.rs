@@ -26,6 +26,7 @@ use crate::{
     identity::ClusterInfo,
     image::{self, ImageRule},
     ipalloc::IpAllocator,
+    memory::Enforcer,
     pod::{self, PodHandle},
     probe::Prober,
     volumes::{self, REASON_UNMOUNTABLE},
@@ -60,6 +61,8 @@ pub struct Ctx {
     pub host_path: String,
     /// Upper bound of the grace period when the runner itself shuts down.
     pub shutdown_grace: std::time::Duration,
+    /// How containers are held to their memory limits.
+    pub memory: Enforcer,
 }
 
 /// Unscheduled and not held back by scheduling gates.

@@ -41,7 +41,7 @@ pub enum State {
         exit_code: i32,
         /// The signal that killed it.
         signal: Option<i32>,
-        /// `Completed`, `Error`, `StartError`.
+        /// `Completed`, `Error`, `OOMKilled`, `StartError`.
         reason: String,
         /// Details for humans.
         message: Option<String>,
