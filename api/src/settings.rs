@@ -81,35 +81,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     hookline_core::duration::parse(s).map_err(|e| e.to_string())
 }
 
-/// Bytes, or with a `KiB`/`MiB` suffix.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let (n, unit) = match s.strip_suffix("MiB") {
-        Some(n) => (n, 1 << 20),
-        None => match s.strip_suffix("KiB") {
-            Some(n) => (n, 1 << 10),
-            None => (s, 1),
-        },
-    };
-    n.trim()
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{s:?} is not a size: bytes, or a number with KiB or MiB"))
-}
+pub use hookline_core::memory::parse_size;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_take_binary_suffixes_and_refuse_the_rest() {
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("64KiB"), Ok(65_536));
-        assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("1MB").is_err());
-        assert!(parse_size("0").is_err());
-    }
 
     #[test]
     fn defaults_keep_thirty_days_and_a_mebibyte() {

@@ -36,6 +36,10 @@ struct Cli {
     /// Override the 1 KiB backlog size of scenario 1.
     #[arg(long)]
     events: Option<usize>,
+    /// Override the backlog size of scenario 1 for payloads above 1 KiB (e.g. 100000 with
+    /// `--payloads 65536` and `--dispatcher-env HOOKLINE_MEMORY_LIMIT=256Mi`: the memory bound).
+    #[arg(long)]
+    large_events: Option<usize>,
     /// Override the rates of scenario 2 (events/s).
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
@@ -133,6 +137,9 @@ fn plan(cli: &Cli) -> Plan {
     }
     if !cli.scenarios.is_empty() {
         plan.scenarios.clone_from(&cli.scenarios);
+    }
+    if let Some(e) = cli.large_events {
+        plan.backlog_5k = e;
     }
     if let Some(e) = cli.events {
         plan.backlog_1k = e;

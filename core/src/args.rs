@@ -119,6 +119,12 @@ pub struct DispatcherArgs {
     #[arg(long, env = "HOOKLINE_MAX_PENDING", default_value_t = DEFAULT_MAX_PENDING)]
     pub max_pending: usize,
 
+    /// The container's memory limit, which bounds in bytes what the dispatcher holds
+    /// ([`crate::memory::Budget`]): bytes, or with a `KiB`/`MiB`/`GiB` (or `Ki`/`Mi`/`Gi`)
+    /// suffix. Without it, the limit of the process's cgroup counts, if any.
+    #[arg(long, env = "HOOKLINE_MEMORY_LIMIT", value_parser = crate::memory::parse_size)]
+    pub memory_limit: Option<usize>,
+
     /// Largest record accepted (key + value + headers), in bytes.
     #[arg(long, env = "HOOKLINE_MAX_RECORD_BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
@@ -225,6 +231,7 @@ impl DispatcherArgs {
                 .collect(),
             address: AddressRules::default(),
             max_pending: DEFAULT_MAX_PENDING,
+            memory_limit: None,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             status_interval: DEFAULT_STATUS_INTERVAL,
             default_max_attempts: None,
@@ -270,6 +277,9 @@ impl DispatcherArgs {
         }
         if self.max_pending != DEFAULT_MAX_PENDING {
             args.push(format!("--max-pending={}", self.max_pending));
+        }
+        if let Some(n) = self.memory_limit {
+            args.push(format!("--memory-limit={n}"));
         }
         if self.max_record_bytes != DEFAULT_MAX_RECORD_BYTES {
             args.push(format!("--max-record-bytes={}", self.max_record_bytes));
@@ -379,6 +389,7 @@ mod tests {
             "--allow-http",
             "--allow-cidr=127.0.0.0/8,::1/128",
             "--max-pending=40",
+            "--memory-limit=256Mi",
             "--max-record-bytes=4096",
             "--status-interval=500ms",
             "--default-max-attempts=5",

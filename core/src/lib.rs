@@ -30,6 +30,7 @@ pub mod envelope;
 pub mod kafka;
 pub mod lanes;
 pub mod matching;
+pub mod memory;
 pub mod naming;
 pub mod ordering;
 pub mod ratelimit;

@@ -151,7 +151,20 @@ async fn main() -> anyhow::Result<()> {
     }
     health.set_synced();
 
-    let producer: FutureProducer = config::producer_config(&config)
+    let budget = config::budget(&config);
+    info!(
+        memory_limit = ?budget.limit,
+        pending_bytes = budget.pending_bytes,
+        consumer_queue_bytes = ?budget.consumer_queue_bytes,
+        producer_queue_bytes = ?budget.producer_queue_bytes,
+        "memory budget"
+    );
+    metrics.memory_limit.set(
+        budget
+            .limit
+            .map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+    );
+    let producer: FutureProducer = config::producer_config(&config, &budget)
         .create()
         .context("creating the Kafka producer")?;
     let tiers = Tiers::new(
@@ -190,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let pod_name = std::env::var("POD_NAME").ok();
     let (consumer, rebalances, committable) = consumer::subscribe(
-        &config::consumer_config(&config, pod_name.as_deref()),
+        &config::consumer_config(&config, pod_name.as_deref(), &budget),
         &config.events_topic,
         &topics,
         metrics.clone(),
@@ -208,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
             dead_letter_topic: config.dead_letter_topic.clone(),
             attempts_topic: config.attempts_topic.clone(),
             dedup_topic: config.dedup_topic.clone(),
-            solo: Solo::new(config::solo_producer_config(&config)),
+            solo: Solo::new(config::solo_producer_config(&config, &budget)),
         },
         deliverer,
         metrics,
@@ -224,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
         completions,
         registry,
         health: health.clone(),
-        pressure: Pressure::new(config.max_pending),
+        pressure: Pressure::new(config.max_pending, budget.pending_bytes),
         limits: Limits {
             max_record_bytes: config.max_record_bytes,
         },

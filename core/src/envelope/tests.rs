@@ -40,6 +40,22 @@ fn payload_is_type_timestamp_and_data_only() {
 }
 
 #[test]
+fn a_large_events_body_holds_no_more_memory_than_its_bytes() {
+    let data = "x".repeat(64 * 1024);
+    let value = serde_json::to_vec(&serde_json::json!(
+        {"id": "evt_big", "type": "a.b", "timestamp": "2024-05-01T12:00:00Z", "data": {"pad": data}}
+    ))
+    .unwrap();
+    let event = parse_default(&envelope_record(&value)).unwrap();
+    for body in [event.payload(), event.to_envelope()] {
+        let len = body.len();
+        let held = body.try_into_mut().expect("the only handle").capacity();
+        // A Vec grown by doubling would hold 128 KiB for these 64 KiB.
+        assert!(held <= len + 256, "{held} bytes held for a body of {len}");
+    }
+}
+
+#[test]
 fn envelope_written_for_retries_parses_back_to_the_same_event() {
     let event = parse_default(&envelope_record(ENVELOPE)).unwrap();
     let again = parse_default(&envelope_record(&event.to_envelope())).unwrap();

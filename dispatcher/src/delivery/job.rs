@@ -43,25 +43,63 @@ pub struct Source {
     pub revoked: CancellationToken,
 }
 
-/// Counts a delivery held in memory, per endpoint and in all, while it lives.
+/// The deliveries held in memory, in all: how many, and the bytes of their records.
+#[derive(Debug, Default)]
+pub struct InMemory {
+    /// Deliveries.
+    pub jobs: AtomicUsize,
+    /// Bytes of their records, each record counted once however many deliveries share it
+    /// ([`Weight`]).
+    pub bytes: AtomicUsize,
+}
+
+/// The bytes one record's deliveries hold (its event and signed body), counted in
+/// [`InMemory::bytes`] while any of them lives.
+#[derive(Debug)]
+pub struct Weight {
+    bytes: usize,
+    in_memory: Arc<InMemory>,
+}
+
+impl Weight {
+    /// Counts `bytes` until the last delivery holding the weight is gone.
+    pub fn new(bytes: usize, in_memory: &Arc<InMemory>) -> Arc<Weight> {
+        in_memory.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Arc::new(Weight {
+            bytes,
+            in_memory: in_memory.clone(),
+        })
+    }
+}
+
+impl Drop for Weight {
+    fn drop(&mut self) {
+        self.in_memory
+            .bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Counts a delivery held in memory, per endpoint and in all, and its record's bytes, while
+/// it lives.
 pub struct Held {
     endpoint: Arc<Endpoint>,
-    total: Arc<AtomicUsize>,
+    weight: Arc<Weight>,
 }
 
 impl Held {
-    /// Counts one more.
-    pub fn new(endpoint: Arc<Endpoint>, total: Arc<AtomicUsize>) -> Held {
+    /// Counts one more, of a record weighing `weight`.
+    pub fn new(endpoint: Arc<Endpoint>, weight: Arc<Weight>) -> Held {
         endpoint.in_memory.fetch_add(1, Ordering::Relaxed);
-        total.fetch_add(1, Ordering::Relaxed);
-        Held { endpoint, total }
+        weight.in_memory.jobs.fetch_add(1, Ordering::Relaxed);
+        Held { endpoint, weight }
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         self.endpoint.in_memory.fetch_sub(1, Ordering::Relaxed);
-        self.total.fetch_sub(1, Ordering::Relaxed);
+        self.weight.in_memory.jobs.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub backpressure: IntGauge,
     /// Times back-pressure engaged.
     pub backpressure_engaged: IntCounter,
+    /// The memory limit the budget derives from (0: none).
+    pub memory_limit: IntGauge,
+    /// Bytes of the records the deliveries in memory hold.
+    pub held_bytes: IntGauge,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -141,7 +145,17 @@ impl Metrics {
             .expect("valid metric"),
             backpressure_engaged: IntCounter::new(
                 "hookline_dispatcher_backpressure_engaged_total",
-                "Times consumption stopped because --max-pending jobs were in memory",
+                "Times consumption stopped because --max-pending jobs, or the memory budget's bytes, were in memory",
+            )
+            .expect("valid metric"),
+            memory_limit: IntGauge::new(
+                "hookline_dispatcher_memory_limit_bytes",
+                "The container memory limit the dispatcher bounds itself by (0: none found)",
+            )
+            .expect("valid metric"),
+            held_bytes: IntGauge::new(
+                "hookline_dispatcher_held_bytes",
+                "Bytes of the records the deliveries in memory hold",
             )
             .expect("valid metric"),
         };
@@ -159,6 +173,8 @@ impl Metrics {
             Box::new(m.status_duration.clone()),
             Box::new(m.backpressure.clone()),
             Box::new(m.backpressure_engaged.clone()),
+            Box::new(m.memory_limit.clone()),
+            Box::new(m.held_bytes.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("metric registered once");

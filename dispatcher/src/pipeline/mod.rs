@@ -57,7 +57,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -79,7 +79,7 @@ use hookline_core::ordering::SettledAbove;
 use hookline_core::status::Hold;
 
 use crate::delivery::attempt::{self, OVERFLOW_POSTPONE, Shared};
-use crate::delivery::job::{Completion, Done, Job, Source, ms, now_ms};
+use crate::delivery::job::{Completion, Done, InMemory, Job, Source, ms, now_ms};
 use crate::kafka::consumer::{self, Committable, KafkaConsumer, Rebalanced, Tp};
 use crate::kafka::writer::Out;
 use crate::ops::health::Health;
@@ -91,7 +91,7 @@ pub mod pressure;
 pub mod records;
 
 use partitions::{Partitions, Ready, ScanDone};
-use pressure::Pressure;
+use pressure::{Load, Pressure};
 use records::{Context, Fate};
 
 /// How often the loop looks at commits, back-pressure and revocations when nothing else
@@ -158,7 +158,7 @@ pub struct Pipeline {
     wiring: Wiring,
     lanes: Lanes<Job>,
     partitions: Partitions,
-    total: Arc<AtomicUsize>,
+    in_memory: Arc<InMemory>,
     tasks: JoinSet<()>,
     scans: (
         mpsc::UnboundedSender<ScanDone>,
@@ -184,7 +184,7 @@ impl Pipeline {
             wiring,
             lanes: Lanes::new(max_parked),
             partitions: Partitions::default(),
-            total: Arc::new(AtomicUsize::new(0)),
+            in_memory: Arc::new(InMemory::default()),
             tasks: JoinSet::new(),
             scans: mpsc::unbounded_channel(),
             backpressure: false,
@@ -311,7 +311,7 @@ impl Pipeline {
     /// memory and drains too slowly to clear it within the postponement; `None` to go on.
     fn overflow_wait(&self, job: &Job) -> Option<Duration> {
         let held = job.endpoint.in_memory.load(Ordering::Relaxed);
-        let total = self.total.load(Ordering::Relaxed);
+        let total = self.in_memory.jobs.load(Ordering::Relaxed);
         (self
             .wiring
             .pressure
@@ -359,12 +359,7 @@ impl Pipeline {
             seen.check(hash, c.source.offset, now_s);
         }
         // Consume again as soon as memory has room, not at the next tick.
-        if self.backpressure
-            && self
-                .wiring
-                .pressure
-                .relieved(self.total.load(Ordering::Relaxed))
-        {
+        if self.backpressure && self.wiring.pressure.relieved(self.load()) {
             self.check_backpressure();
             self.drain_all();
         }
@@ -420,11 +415,7 @@ impl Pipeline {
             // a backlog is read far faster than it is delivered, and a second
             // of reading ahead pushed most of it through the overflow path
             // (a retry-topic write and read per event; see BENCHMARKS.md).
-            if self
-                .wiring
-                .pressure
-                .over(self.total.load(Ordering::Relaxed))
-            {
+            if self.wiring.pressure.over(self.load()) {
                 self.check_backpressure();
             }
         }
@@ -463,7 +454,7 @@ impl Pipeline {
                 registry: &self.wiring.registry,
                 limits: &self.wiring.limits,
                 shared: &self.wiring.shared,
-                total: &self.total,
+                in_memory: &self.in_memory,
                 replays: &self.wiring.replays,
             };
             match tier {
@@ -718,14 +709,28 @@ impl Pipeline {
         }
     }
 
+    /// What the deliveries in memory hold now.
+    fn load(&self) -> Load {
+        Load {
+            jobs: self.in_memory.jobs.load(Ordering::Relaxed),
+            bytes: self.in_memory.bytes.load(Ordering::Relaxed),
+        }
+    }
+
     fn check_backpressure(&mut self) {
-        let total = self.total.load(Ordering::Relaxed);
+        let load = self.load();
+        self.wiring
+            .shared
+            .metrics
+            .held_bytes
+            .set(i64::try_from(load.bytes).unwrap_or(i64::MAX));
         let was = self.backpressure;
-        self.backpressure = self.wiring.pressure.next(was, total);
+        self.backpressure = self.wiring.pressure.next(was, load);
         if was != self.backpressure {
             // Debug: while a backlog drains this flips several times a second.
             debug!(
-                in_memory = total,
+                in_memory = load.jobs,
+                bytes = load.bytes,
                 paused = self.backpressure,
                 "back-pressure"
             );

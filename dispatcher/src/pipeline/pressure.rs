@@ -3,7 +3,8 @@
 //! more than its fair share of memory. Pure: the pipeline feeds it counts and acts on answers.
 //!
 //! # Decisions
-//! - Pause above `max_pending` jobs in memory, resume at 80 % of it: checked per record and per
+//! - Pause above `max_pending` jobs in memory, or above the bytes of records the memory budget
+//!   allows them ([`hookline_core::memory::Budget`]), resume at 80 % of the jobs and half the bytes: checked per record and per
 //!   completion, not per tick (a backlog read ahead for a whole tick overflowed a healthy URL;
 //!   BENCHMARKS.md).
 //! - Parked jobs count towards `max_pending`, so back-pressure bounds them; the lanes' own limit
@@ -17,34 +18,52 @@
 /// Least fair share of a `Webhook`, in jobs.
 pub const MIN_SHARE: usize = 128;
 
+/// What the deliveries in memory hold: how many, and the bytes of their records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Load {
+    /// Deliveries.
+    pub jobs: usize,
+    /// Bytes.
+    pub bytes: usize,
+}
+
 /// The back-pressure thresholds of one pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pressure {
     max_pending: usize,
+    max_bytes: usize,
 }
 
 impl Pressure {
-    /// Thresholds for `--max-pending`.
-    pub fn new(max_pending: usize) -> Pressure {
-        Pressure { max_pending }
+    /// Thresholds for `--max-pending` deliveries holding at most `max_bytes` of records
+    /// ([`hookline_core::memory::Budget::pending_bytes`]).
+    pub fn new(max_pending: usize, max_bytes: u64) -> Pressure {
+        Pressure {
+            max_pending,
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+        }
     }
 
-    /// Whether `total` jobs in memory are above the limit: consumption must pause now.
-    pub fn over(&self, total: usize) -> bool {
-        total > self.max_pending
+    /// Whether `load` is above either limit: consumption must pause now.
+    pub fn over(&self, load: Load) -> bool {
+        load.jobs > self.max_pending || load.bytes > self.max_bytes
     }
 
-    /// Whether consumption paused at some point may resume with `total` jobs in memory.
-    pub fn relieved(&self, total: usize) -> bool {
-        total <= self.max_pending * 8 / 10
+    /// Whether consumption paused at some point may resume with `load` in memory: jobs at
+    /// 80 % of their limit or below, bytes at half of theirs. A pause drops what the consumer
+    /// had read ahead, and a resume reads it again: large records reach the byte limit with
+    /// few deliveries in memory, and a resume every few dozen of them spent the time in
+    /// fetching (BENCHMARKS.md).
+    pub fn relieved(&self, load: Load) -> bool {
+        load.jobs <= self.max_pending * 8 / 10 && load.bytes <= self.max_bytes / 2
     }
 
-    /// The back-pressure state after `was` with `total` jobs in memory (hysteresis between
+    /// The back-pressure state after `was` with `load` in memory (hysteresis between
     /// [`Pressure::over`] and [`Pressure::relieved`]).
-    pub fn next(&self, was: bool, total: usize) -> bool {
-        if self.over(total) {
+    pub fn next(&self, was: bool, load: Load) -> bool {
+        if self.over(load) {
             true
-        } else if self.relieved(total) {
+        } else if self.relieved(load) {
             false
         } else {
             was
@@ -72,20 +91,45 @@ impl Pressure {
 mod tests {
     use super::*;
 
+    fn jobs(jobs: usize) -> Load {
+        Load { jobs, bytes: 0 }
+    }
+
     #[test]
     fn consumption_pauses_above_the_limit_and_resumes_at_eighty_percent() {
-        let p = Pressure::new(10_000);
-        assert!(!p.next(false, 10_000));
-        assert!(p.next(false, 10_001));
-        assert!(p.next(true, 9_000), "between the marks the state holds");
-        assert!(!p.next(false, 9_000));
-        assert!(!p.next(true, 8_000));
+        let p = Pressure::new(10_000, 1 << 30);
+        assert!(!p.next(false, jobs(10_000)));
+        assert!(p.next(false, jobs(10_001)));
+        assert!(
+            p.next(true, jobs(9_000)),
+            "between the marks the state holds"
+        );
+        assert!(!p.next(false, jobs(9_000)));
+        assert!(!p.next(true, jobs(8_000)));
         assert_eq!(p.max_parked(), 20_000);
     }
 
     #[test]
+    fn bytes_pause_consumption_long_before_the_count_does_for_large_records() {
+        let p = Pressure::new(10_000, 100 << 20);
+        // 1,601 records of 64 KiB: few deliveries, but over 100 MiB.
+        let big = |n: usize| Load {
+            jobs: n,
+            bytes: n * 65_536,
+        };
+        assert!(!p.over(big(1_600)));
+        assert!(p.over(big(1_601)));
+        assert!(
+            p.next(true, big(1_000)),
+            "above half the bytes it stays paused"
+        );
+        assert!(!p.next(true, big(800)));
+        assert!(p.relieved(big(800)) && !p.relieved(big(801)));
+    }
+
+    #[test]
     fn only_a_webhook_above_its_share_under_pressure_overflows() {
-        let p = Pressure::new(10_000);
+        let p = Pressure::new(10_000, 1 << 30);
         assert!(!p.overflows(4_000, 4_000, 1));
         assert!(
             !p.overflows(9_000, 9_000, 1),

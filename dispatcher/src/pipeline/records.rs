@@ -8,7 +8,6 @@
 //! the pipeline tracks and routes it.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use hookline_core::dedup::{Check, Remembered, Seen, id_hash};
 use hookline_core::envelope::{self, Event, Limits};
@@ -19,7 +18,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use tracing::{debug, info};
 
 use crate::delivery::attempt::Shared;
-use crate::delivery::job::{Held, Job, Source, now_ms};
+use crate::delivery::job::{Held, InMemory, Job, Source, Weight, now_ms};
 use crate::kafka::writer::Out;
 use crate::tenant::endpoints::{Endpoint, Registry};
 use crate::tenant::replays::Replays;
@@ -80,8 +79,8 @@ pub struct Context<'a> {
     pub limits: &'a Limits,
     /// Metrics and the writer's topics and tiers.
     pub shared: &'a Shared,
-    /// Jobs in memory, counted by each job's [`Held`].
-    pub total: &'a Arc<AtomicUsize>,
+    /// Jobs and their bytes in memory, counted by each job's [`Held`].
+    pub in_memory: &'a Arc<InMemory>,
     /// The tenant's replays, to drop the deliveries of one that was deleted.
     pub replays: &'a Replays,
 }
@@ -155,17 +154,17 @@ pub fn from_event(
     cx.shared.metrics.record("event");
     debug!(event_id = %event.id, event_type = %event.event_type, webhooks = targets.len(), "event");
     let payload = event.payload();
+    let weight = weight(&event, &payload, cx);
     let jobs = targets
         .into_iter()
         .map(|endpoint| {
             job(
                 endpoint,
-                (event.clone(), payload.clone()),
+                (event.clone(), payload.clone(), weight.clone()),
                 0,
                 source.clone(),
                 source.offset,
                 None,
-                cx,
             )
         })
         .collect();
@@ -199,14 +198,23 @@ fn duplicate(event: &Event, endpoint: &Endpoint, first_offset: i64) -> AttemptRe
     }
 }
 
+/// What a record's deliveries hold in memory: its event and its signed body.
+fn weight(event: &Event, payload: &bytes::Bytes, cx: &Context<'_>) -> Arc<Weight> {
+    let bytes = payload.len()
+        + event.data.get().len()
+        + event.id.len()
+        + event.event_type.len()
+        + event.key.as_ref().map_or(0, String::len);
+    Weight::new(bytes, cx.in_memory)
+}
+
 fn job(
     endpoint: Arc<Endpoint>,
-    (event, payload): (Arc<Event>, bytes::Bytes),
+    (event, payload, weight): (Arc<Event>, bytes::Bytes, Arc<Weight>),
     attempts: u32,
     source: Source,
     seq: i64,
     replay: Option<ReplayTag>,
-    cx: &Context<'_>,
 ) -> Job {
     let per_key = endpoint.settings().is_ok_and(|s| s.per_key);
     let lane = event
@@ -215,7 +223,7 @@ fn job(
         .filter(|_| per_key)
         .map(|k| (endpoint.name.clone(), k));
     Job {
-        held: Held::new(endpoint.clone(), cx.total.clone()),
+        held: Held::new(endpoint.clone(), weight),
         endpoint,
         event,
         payload,
@@ -320,14 +328,14 @@ pub fn from_retry(
         }
     };
     let payload = event.payload();
+    let weight = weight(&event, &payload, cx);
     let job = job(
         endpoint,
-        (event, payload),
+        (event, payload, weight),
         meta.attempts,
         source.clone(),
         meta.seq,
         meta.replay,
-        cx,
     );
     Fate::Jobs {
         jobs: vec![job],
