@@ -39,7 +39,7 @@ demo: ## Hookline end to end: environment, helm install, fraud-decisions example
 test: ## everything: tools, fmt, clippy, unit tests, environment, integration tests; stops the environment after
 	localenv/test.sh
 
-bench: ## benchmarks (release build, ~62 min with publishing, replay and fail-over; QUICK=1 for a ~15 min subset, BENCH_ARGS for more flags); see BENCHMARKS.md
+bench: ## benchmarks (release build, ~65 min with the memory point, publishing, replay and fail-over; QUICK=1 for a ~15 min subset, BENCH_ARGS for more flags); see BENCHMARKS.md
 	bench/run.sh $(if $(filter 1,$(QUICK)),--quick) $(BENCH_ARGS)
 
 install-plugin: ## build kubectl-hookline (release) into PREFIX (default ~/.local/bin), for `kubectl hookline`
