@@ -40,6 +40,10 @@ struct Cli {
     /// `--payloads 65536` and `--dispatcher-env HOOKLINE_MEMORY_LIMIT=256Mi`: the memory bound).
     #[arg(long)]
     large_events: Option<usize>,
+    /// Seconds of measured idleness before each rate run's load (default 5): the idle CPU and
+    /// RSS of scenarios 2, 4 and 5.
+    #[arg(long)]
+    idle_secs: Option<f64>,
     /// Override the rates of scenario 2 (events/s).
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
@@ -137,6 +141,9 @@ fn plan(cli: &Cli) -> Plan {
     }
     if !cli.scenarios.is_empty() {
         plan.scenarios.clone_from(&cli.scenarios);
+    }
+    if let Some(s) = cli.idle_secs {
+        plan.idle_secs = s.max(1.0);
     }
     if let Some(e) = cli.large_events {
         plan.backlog_5k = e;

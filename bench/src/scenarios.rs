@@ -71,6 +71,9 @@ pub struct Plan {
     pub scale_webhooks: usize,
     /// Scenario 5: events/s.
     pub scale_rate: f64,
+    /// Rate runs (scenarios 2, 4, 5): seconds of measured idleness before the load (CPU and
+    /// RSS idle), after the warm-up events were delivered and one more second.
+    pub idle_secs: f64,
     /// Scenario 6: backlog.
     pub recovery_events: usize,
     /// Bound on a backlog drain.
@@ -115,6 +118,7 @@ impl Plan {
             rate_secs: 20.0,
             scale_webhooks: 1000,
             scale_rate: 1000.0,
+            idle_secs: 5.0,
             recovery_events: 100_000,
             drain_limit_s: 120,
             recovery_limit_s: 300,
@@ -422,7 +426,11 @@ async fn rate_point(
                 Err(e) => p.notes.push(format!("baseline run failed: {e:#}")),
             }
         }
-        match ctx.bench.hookline_rate(s, rate, secs, 5.0).await {
+        match ctx
+            .bench
+            .hookline_rate(s, rate, secs, ctx.plan.idle_secs)
+            .await
+        {
             Ok(r) => {
                 say(&p, &r);
                 p.hookline.push(r);

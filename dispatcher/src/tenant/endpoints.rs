@@ -74,6 +74,8 @@ pub struct Spec {
 pub struct Runtime {
     /// The signing keys, once read.
     pub keys: Option<SigningKeys>,
+    /// The `Webhook` says its keys changed (rotated, or another Secret) since they were read.
+    keys_stale: bool,
     limiter: Option<RateLimiter>,
     breaker: CircuitBreaker,
     disabled: Option<Disabled>,
@@ -125,6 +127,7 @@ impl Endpoint {
             })),
             runtime: Mutex::new(Runtime {
                 keys: None,
+                keys_stale: false,
                 limiter: rate.and_then(new_limiter),
                 breaker: CircuitBreaker::new(CircuitConfig::default()),
                 disabled,
@@ -179,8 +182,10 @@ impl Endpoint {
             semaphore,
             paused_since,
         });
+        let reload = rotated || self.secret_name() != old_secret;
+        runtime.keys_stale |= reload;
         drop(runtime);
-        rotated || self.secret_name() != old_secret
+        reload
     }
 
     /// Pretends the pause began at `at` (tests of the park delay).
@@ -232,6 +237,20 @@ impl Endpoint {
     /// Replaces the signing keys.
     pub fn set_keys(&self, keys: Option<SigningKeys>) {
         self.runtime().keys = keys;
+    }
+
+    /// Whether the signing Secret must be read before the next full refresh: no keys yet, or
+    /// the `Webhook` said they changed. Clears the latter (a change that comes during the read
+    /// sets it again); [`Endpoint::keys_read_failed`] sets it back.
+    pub fn take_keys_wanted(&self) -> bool {
+        let mut runtime = self.runtime();
+        let stale = std::mem::take(&mut runtime.keys_stale);
+        stale || runtime.keys.is_none()
+    }
+
+    /// The read [`Endpoint::take_keys_wanted`] asked for failed: it is wanted again.
+    pub fn keys_read_failed(&self) {
+        self.runtime().keys_stale = true;
     }
 
     /// The keys to sign with at `now`; empty when none are loaded.

@@ -121,6 +121,35 @@ fn the_registry_adds_updates_and_removes_endpoints() {
 }
 
 #[test]
+fn keys_are_wanted_without_any_and_once_after_a_rotation_not_on_other_changes() {
+    let reg = Registry::new(RetryPolicy::default());
+    let mut a = basic("a");
+    reg.sync(&[Arc::new(a.clone())]);
+    let e = reg.get("a").unwrap();
+    assert!(e.take_keys_wanted(), "no keys yet");
+    e.set_keys(Some(keys()));
+    assert!(!e.take_keys_wanted());
+
+    a.spec.paused = true;
+    bump(&mut a);
+    reg.sync(&[Arc::new(a.clone())]);
+    assert!(!e.take_keys_wanted(), "a change that is not a rotation");
+
+    a.status.as_mut().unwrap().secret = Some(hookline_crds::SecretStatus {
+        name: "a-signing".into(),
+        generation: 2,
+        rotated_at: None,
+        previous_valid_until: None,
+    });
+    bump(&mut a);
+    assert_eq!(reg.sync(&[Arc::new(a)]).secrets_to_load, 1);
+    assert!(e.take_keys_wanted(), "rotated");
+    assert!(!e.take_keys_wanted(), "taken");
+    e.keys_read_failed();
+    assert!(e.take_keys_wanted(), "wanted again after a failed read");
+}
+
+#[test]
 fn an_endpoint_without_keys_waits_for_them() {
     let reg = Registry::new(RetryPolicy::default());
     reg.sync(&[Arc::new(basic("a"))]);

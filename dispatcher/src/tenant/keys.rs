@@ -15,7 +15,7 @@
 //! deliveries for that `Webhook` wait (postponed, not dropped).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::{Api, Client};
@@ -29,7 +29,7 @@ use hookline_core::secret::{
 
 use crate::tenant::endpoints::Registry;
 
-/// How soon a Webhook whose keys are missing is looked at again.
+/// How soon a Webhook whose keys are missing (or could not be read) is looked at again.
 const MISSING_RETRY: Duration = Duration::from_secs(2);
 
 /// Reads a signing Secret in the layout of [`hookline_core::secret`].
@@ -53,8 +53,12 @@ pub fn from_secret(secret: &KubeSecret) -> Result<SigningKeys, KeyError> {
     SigningKeys::from_layout(data(KEY_CURRENT), data(KEY_PREVIOUS), until)
 }
 
-/// Re-reads every `Webhook`'s signing Secret every `every`, sooner when
-/// `wake` is notified or some keys are missing, until `stop`.
+/// Re-reads every `Webhook`'s signing Secret every `every`, until `stop`; in between, when
+/// `wake` is notified and every [`MISSING_RETRY`] while some are wanted, only the Secrets of
+/// `Webhook`s without keys or whose keys changed
+/// ([`crate::tenant::endpoints::Endpoint::take_keys_wanted`]). Re-reading them all on every
+/// wake-up read every Secret back to back while `Webhook`s were being created, and every 2 s
+/// while one key was missing (BENCHMARKS.md).
 pub async fn run(
     client: Client,
     namespace: String,
@@ -64,9 +68,17 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let api = Api::<KubeSecret>::namespaced(client, &namespace);
+    let mut last_full: Option<Instant> = None;
     loop {
+        let full = last_full.is_none_or(|t| t.elapsed() >= every);
+        if full {
+            last_full = Some(Instant::now());
+        }
         let mut missing = false;
         for endpoint in registry.snapshot() {
+            if !endpoint.take_keys_wanted() && !full {
+                continue;
+            }
             let name = endpoint.secret_name();
             let result = tokio::time::timeout(Duration::from_secs(10), api.get_opt(&name)).await;
             let had = endpoint.has_keys();
@@ -92,18 +104,23 @@ pub async fn run(
                     endpoint.set_keys(None);
                 }
                 Ok(Err(e)) => {
+                    endpoint.keys_read_failed();
+                    missing = true;
                     debug!(webhook = %endpoint.name, secret = %name, error = %e, "cannot read signing Secret yet")
                 }
                 Err(_) => {
+                    endpoint.keys_read_failed();
+                    missing = true;
                     debug!(webhook = %endpoint.name, secret = %name, "reading signing Secret timed out")
                 }
             }
             missing |= !endpoint.has_keys();
         }
+        let until_full = last_full.map_or(Duration::ZERO, |t| every.saturating_sub(t.elapsed()));
         let pause = if missing {
-            MISSING_RETRY.min(every)
+            MISSING_RETRY.min(until_full)
         } else {
-            every
+            until_full
         };
         tokio::select! {
             () = stop.cancelled() => return,
