@@ -139,8 +139,8 @@ fn vm_rss_is_read_in_bytes() {
 
 #[test]
 fn the_state_dir_becomes_one_safe_file_name() {
-    let name = instance_name(Path::new("/root/.cache/hookline/run/pods"));
-    assert_eq!(name, "root_.cache_hookline_run_pods");
+    let name = instance_name(Path::new("/srv/hookline state/run/pods"));
+    assert_eq!(name, "srv_hookline_state_run_pods");
     assert_eq!(instance_name(Path::new("/")), "root");
     let long = PathBuf::from(format!("/{}", "a/".repeat(300)));
     assert_eq!(instance_name(&long).len(), 200);
